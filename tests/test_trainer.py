@@ -1,0 +1,374 @@
+"""Integration tests: real `SGCDGRPOTrainer` steps on a tiny local model, and the paper's App. A properties."""
+
+import asyncio
+import time
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from trl_sgcd import CreditReference, SGCDConfig, SGCDGRPOTrainer
+
+
+MODES = ["sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo"]
+
+
+def _dataset(n=16):
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"book flight F{i} for user u{i}"}]} for i in range(n)])
+
+
+def parity_reward(completions, **kwargs):
+    """A deterministic reward a random policy satisfies about half the time, so most groups are mixed."""
+    return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+
+def fixed_reference(group):
+    return "State checks: verify the user first. Failed branches: answering without a lookup."
+
+
+def _common(tmp_path):
+    return dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=16,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=7,
+    )
+
+
+def _args(tmp_path, **overrides):
+    values = _common(tmp_path) | dict(divergence_top_k=16, segment_spike_z=1.5)
+    values.update(overrides)
+    return SGCDConfig(**values)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _spy_credit(trainer):
+    """Records TRL's sequence advantages and the credit-weighted result of every `_apply_credit` call."""
+    calls = []
+    original = trainer._apply_credit
+
+    def spy(output, rollouts):
+        before = output["advantages"].clone()
+        result = original(output, rollouts)
+        calls.append((before, result, rollouts))
+        return result
+
+    trainer._apply_credit = spy
+    return calls
+
+
+# ---------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"credit_gamma": -0.5}, "credit_gamma must be >= 0, got -0.5"),
+        ({"credit_cap": 1.0}, "credit_cap must be > 1"),
+        ({"divergence_top_k": 0}, "divergence_top_k must be >= 1, got 0"),
+        ({"credit_mode": "magic"}, "credit_mode='magic'"),
+        ({"divergence": "kl"}, "divergence='kl'"),
+        ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence'"),
+        ({"num_generations": 1, "per_device_train_batch_size": 2}, "num_generations=1"),
+        ({"reference_template": "no placeholder"}, "reference_template must contain"),
+        ({"segment_max_fraction": 0.0}, "segment_max_fraction must be in"),
+        ({"provider_timeout": 0}, "provider_timeout must be > 0"),
+    ],
+)
+def test_config_rejects_bad_values(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _args(tmp_path, **overrides)
+
+
+def test_sequence_level_is_allowed_for_the_matched_control(tmp_path):
+    args = _args(tmp_path, importance_sampling_level="sequence", credit_mode="off")
+    assert args.credit_mode == "off"
+
+
+def test_trainer_rejects_plain_grpo_config_and_missing_dataset(tiny_model_path, tmp_path):
+    with pytest.raises(TypeError, match="needs an SGCDConfig"):
+        SGCDGRPOTrainer(
+            model=tiny_model_path,
+            reward_funcs=parity_reward,
+            args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+            train_dataset=_dataset(),
+        )
+    with pytest.raises(TypeError, match="credit_reference"):
+        SGCDGRPOTrainer(
+            model=tiny_model_path,
+            reward_funcs=parity_reward,
+            args=_args(tmp_path, dynamic_sampling=False),
+            train_dataset=_dataset(),
+            credit_reference=42,
+        )
+
+
+# ---------------------------------------------------------------- equivalence with GRPOTrainer
+
+
+def _grpo_args(tmp_path):
+    return GRPOConfig(**_common(tmp_path))
+
+
+@pytest.mark.parametrize("mode_overrides", [{"credit_mode": "off"}, {"credit_mode": "sgcd", "credit_gamma": 0.0}])
+def test_off_and_zero_gamma_train_exactly_like_grpo(tiny_model_path, tmp_path, mode_overrides):
+    grpo = GRPOTrainer(
+        model=tiny_model_path, reward_funcs=parity_reward, args=_grpo_args(tmp_path / "g"), train_dataset=_dataset()
+    )
+    grpo.train()
+    sgcd = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path / "s", dynamic_sampling=False, **mode_overrides),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    sgcd.train()
+    reference, ours = _params(grpo.model), _params(sgcd.model)
+    changed = any(not torch.equal(p, q) for p, q in zip(reference.values(), _params(grpo.model).values()))
+    assert not changed
+    for name in reference:
+        if mode_overrides["credit_mode"] == "off":
+            assert torch.equal(reference[name], ours[name]), name
+        else:  # γ = 0: the teacher pass runs and W ≡ 1 exactly, advantages become (B, T) = A[:, None]
+            torch.testing.assert_close(reference[name], ours[name], rtol=0, atol=1e-7)
+    if mode_overrides["credit_mode"] == "sgcd":
+        logs = [h for h in sgcd.state.log_history if "sgcd/weights/max" in h]
+        assert logs and all(h["sgcd/weights/max"] == 1.0 for h in logs)
+        assert any(h["sgcd/reference/groups_with_reference"] > 0 for h in logs)
+
+
+# ---------------------------------------------------------------- App. A properties on TRL's own loss
+
+
+def _scored_batch(trainer, n=8):
+    rows = [_dataset()[i % 16] for i in range(n)]
+    trainer.model.train()
+    return trainer._generate_and_score_completions(rows)
+
+
+def _loss_and_grad(trainer, inputs):
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_per_token_loss_and_gradient_are_w_times_grpo(tiny_model_path, tmp_path, beta):
+    """Prop. 2: ℓ_SGCD = W·ℓ_GRPO and ∇ℓ_SGCD = W·∇ℓ_GRPO per token; with β > 0 the KL term is *not* scaled by W."""
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, credit_mode="off", dynamic_sampling=False, beta=beta, loss_type="dapo", bf16=False),
+        train_dataset=_dataset(),
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = _scored_batch(trainer)
+    advantages = inputs["advantages"]
+    if beta:
+        # Make the reference differ from the policy so the KL term is non-zero.
+        inputs["ref_per_token_logps"] = inputs.get("ref_per_token_logps") - 0.3
+    rows = [i for i in range(advantages.size(0)) if advantages[i] != 0][:3]
+    assert rows, "the batch needs rows with non-zero advantage"
+    torch.manual_seed(0)
+    weights = 1.0 + torch.rand_like(inputs["completion_mask"], dtype=torch.float32)
+    checked = 0
+    for i in rows:
+        for t in (0, 3):
+            one_hot = torch.zeros_like(inputs["completion_mask"])
+            one_hot[i, t] = 1  # tool_mask restricts the loss to token (i, t) without touching attention
+            base = {**inputs, "tool_mask": one_hot, "num_items_in_batch": torch.tensor(1.0)}
+            l_grpo, g_grpo = _loss_and_grad(trainer, {**base, "advantages": advantages})
+            l_sgcd, g_sgcd = _loss_and_grad(trainer, {**base, "advantages": advantages[:, None] * weights})
+            l_kl, g_kl = _loss_and_grad(trainer, {**base, "advantages": torch.zeros_like(advantages)})
+            w = weights[i, t]
+            torch.testing.assert_close(l_sgcd - l_kl, w * (l_grpo - l_kl), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(g_sgcd - g_kl, w * (g_grpo - g_kl), rtol=1e-3, atol=1e-6)
+            if beta:
+                assert l_kl.abs() > 1e-6  # the KL term exists and was left unweighted
+            else:
+                assert l_kl.abs() < 1e-8
+            # Cor. 2: tokenwise alignment with GRPO.
+            assert torch.dot(g_sgcd - g_kl, g_grpo - g_kl) >= 0
+            checked += 1
+    assert checked == 2 * len(rows)
+
+
+def test_credit_advantages_are_detached_sign_preserving_and_bounded(tiny_model_path, tmp_path):
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, dynamic_sampling=False, credit_cap=1.8),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    calls = _spy_credit(trainer)
+    out = _scored_batch(trainer)
+    before, after, _ = calls[-1]
+    assert after is out and out["advantages"].shape == out["completion_ids"].shape
+    assert not out["advantages"].requires_grad  # ∂W/∂θ = 0
+    nonzero = before != 0
+    w = out["advantages"][nonzero] / before[nonzero].unsqueeze(1)
+    assert (w >= 1 - 1e-6).all() and (w <= 1.8 + 1e-6).all()  # sign(Â) = sign(A), |Â| ≤ c|A|
+    loss_mask = out["completion_mask"].bool()
+    assert torch.allclose(w[~loss_mask[nonzero]], torch.ones(1))  # padding never gets credit
+    assert (w > 1).any()
+
+
+# ---------------------------------------------------------------- every mode trains
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_trains_and_logs_credit(tiny_model_path, tmp_path, mode):
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, credit_mode=mode, max_resample_rounds=2),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    before = _params(trainer.model)
+    trainer.train()
+    after = _params(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    logs = [h for h in trainer.state.log_history if "sgcd/sampling/rounds" in h]
+    assert len(logs) == 2 and all(h["sgcd/sampling/rounds"] >= 1 for h in logs)
+    if mode == "off":
+        assert not any("sgcd/provider/calls" in h for h in logs)
+        return
+    assert sum(h["sgcd/reference/groups_with_reference"] for h in logs) > 0
+    assert max(h["sgcd/divergence/max"] for h in logs) > 0
+    if mode in ("sgcd", "sibling_context"):
+        assert max(h["sgcd/weights/max"] for h in logs) > 1
+        assert sum(h["sgcd/segments/count"] for h in logs) > 0
+        assert max(h["sgcd/advantage_inflation"] for h in logs) > 1
+    if mode == "uniform":
+        assert max(h["sgcd/weights/p50"] for h in logs) > 1  # every token of a boosted rollout carries the mean
+    if mode == "direct_sd":
+        assert max(h["sgcd/direct_sd/loss"] for h in logs) > 0
+    if mode in ("sibling_context", "sdpo"):
+        assert all(h["sgcd/provider/calls"] == 0 for h in logs)
+    else:
+        assert sum(h["sgcd/provider/calls"] for h in logs) > 0
+
+
+def test_sdpo_replaces_reward_advantage_with_teacher_minus_student(tiny_model_path, tmp_path):
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, credit_mode="sdpo", dynamic_sampling=False),
+        train_dataset=_dataset(),
+    )
+    calls = _spy_credit(trainer)
+    out = _scored_batch(trainer)
+    before, after, rollouts = calls[-1]
+    assert after["advantages"].shape == out["completion_ids"].shape
+    mixed_rows = {r for g in rollouts.mixed_groups() for r in rollouts.group_rows(g)}
+    for i in range(after["advantages"].size(0)):
+        if i not in mixed_rows:
+            assert (after["advantages"][i] == 0).all()  # no teacher context: no signal
+    if mixed_rows:
+        assert after["advantages"][sorted(mixed_rows)].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- provider faults
+
+
+class _Counter:
+    def __init__(self):
+        self.calls = 0
+
+
+@pytest.mark.parametrize("fault", ["raise", "timeout", "garbage", "empty", "half"])
+def test_provider_faults_degrade_to_plain_grpo_and_are_counted(tiny_model_path, tmp_path, fault):
+    counter = _Counter()
+
+    async def provider(group):
+        counter.calls += 1
+        if fault == "raise" or (fault == "half" and counter.calls % 2 == 0):
+            raise ConnectionError("provider down")
+        if fault == "timeout":
+            await asyncio.sleep(5)
+        if fault == "garbage":
+            return {"not": "a reference"}
+        if fault == "empty":
+            return "   "
+        return CreditReference("Deviation points: the first call.")
+
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, dynamic_sampling=False, provider_timeout=0.2, max_steps=2),
+        train_dataset=_dataset(),
+        credit_reference=provider,
+    )
+    contexts_seen = []
+    original_contexts = trainer._teacher_contexts
+
+    def spy_contexts(rollouts):
+        contexts = original_contexts(rollouts)
+        contexts_seen.append(contexts)
+        return contexts
+
+    trainer._teacher_contexts = spy_contexts
+    calls = _spy_credit(trainer)
+    start = time.perf_counter()
+    trainer.train()  # never raises
+    assert time.perf_counter() - start < 60
+    logs = [h for h in trainer.state.log_history if "sgcd/provider/failures_total" in h]
+    total_failures = logs[-1]["sgcd/provider/failures_total"]
+    if fault == "half":
+        assert 0 < total_failures < counter.calls
+    else:
+        assert total_failures == counter.calls > 0
+    for (before, after, rollouts), contexts in zip(calls, contexts_seen, strict=True):
+        for i in range(before.size(0)):
+            row = rollouts.local_start + i
+            if contexts[rollouts.group_of(row)] is None:  # failed group: W ≡ 1
+                adv = after["advantages"][i]
+                expected = before[i] if adv.dim() == 0 else before[i].expand_as(adv)
+                assert torch.equal(adv, expected)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_resume_from_checkpoint_continues_with_the_same_state(tiny_model_path, tmp_path):
+    common = dict(dynamic_sampling=False, max_steps=4, save_strategy="steps", save_steps=2)
+    straight = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path / "a", **common),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    straight.train()
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    assert checkpoint.exists()
+    resumed = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path / "b", **common),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4
+    assert [h["step"] for h in resumed.state.log_history if "sgcd/weights/mean" in h] == [1, 2, 3, 4]
+    a, b = _params(straight.model), _params(resumed.model)
+    for name in a:  # generation RNG, optimizer and scheduler state are restored: the runs coincide
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .credit.divergence import DIVERGENCES
+from .credit.segmenter import SegmenterConfig
+
+
+CREDIT_MODES = ("sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo")
+# Modes whose signal is a per-token weight or advantage; sequence-level importance sampling would average it away.
+TOKEN_LEVEL_MODES = ("sgcd", "uniform", "sibling_context", "sdpo")
+REFERENCE_POSITIONS = ("system", "user")
+
+DEFAULT_REFERENCE_TEMPLATE = (
+    "[Training-only credit reference. It summarizes successful and failed attempts at this same task. Use it to "
+    "judge each step; it is not part of the user's request.]\n{reference}"
+)
+
+
+@dataclass
+class SGCDConfig(GRPOConfig):
+    r"""
+    Configuration class for [`SGCDGRPOTrainer`].
+
+    Extends [`~trl.GRPOConfig`] with the parameters of Sibling-Guided Credit Distillation (SGCD), introduced in [Keep
+    Policy Gradient in Charge: Sibling-Guided Credit Distillation for Long-Horizon Tool-Use
+    Agents](https://arxiv.org/abs/2606.12634). Every other parameter is inherited unchanged from `GRPOConfig`.
+
+    Parameters:
+        > Credit signal
+
+        credit_mode (`str`, *optional*, defaults to `"sgcd"`):
+            Which credit signal reshapes the GRPO advantages. Everything else (sampling, rewards, loss) is identical
+            across modes, so they form matched ablations:
+
+            - `"sgcd"`: the full method: credit reference → teacher/student divergence → saliency → `W = clip(1 + γ·s,
+              1, c)` → `Â = A·W`.
+            - `"off"`: the matched GRPO control: same (dynamic) sampling, `W ≡ 1`, no teacher pass, no provider calls.
+            - `"uniform"`: the teacher pass runs but each rollout's weights are replaced by their mean (same advantage
+              mass, no localisation).
+            - `"sibling_context"`: no summariser; the teacher context is the raw sanitised successful sibling trace.
+            - `"direct_sd"`: GRPO plus an uncapped top-K `KL(student || teacher)` auxiliary loss with coefficient
+              `direct_sd_coef` (a real gradient path: the failure baseline).
+            - `"sdpo"`: SDPO-style baseline: the per-token advantage `log π_teacher − log π_student` (teacher context:
+              a successful sibling) replaces the reward advantage.
+        credit_gamma (`float`, *optional*, defaults to `1.0`):
+            Saliency gain `γ` in `W = clip(1 + γ·s, 1, c)`. Must be `>= 0`; `0` recovers GRPO exactly.
+        credit_cap (`float`, *optional*, defaults to `2.0`):
+            Upper bound `c` of the credit weights. Must be `> 1`.
+        divergence (`str`, *optional*, defaults to `"reverse_kl"`):
+            Teacher/student divergence on the top-K support: `"reverse_kl"` (`KL(p_student || q_teacher)`, the
+            paper's choice), `"forward_kl"` or `"jsd"`.
+        divergence_top_k (`int`, *optional*, defaults to `100`):
+            Number of teacher top tokens in the divergence support (plus the observed token and a tail bucket).
+
+        > Saliency segmenter (the paper gives no thresholds; these are documented proposals)
+
+        segment_spike_z (`float`, *optional*, defaults to `3.0`):
+            Robust z-score (median/MAD within the rollout) at which a divergence value is a spike.
+        segment_entropy_tolerance (`float`, *optional*, defaults to `0.5`):
+            A span keeps growing while the teacher entropy stays within this many nats above its value at the spike.
+        segment_reset_z (`float`, *optional*, defaults to `0.5`):
+            A span ends when the divergence z-score falls below this value (a divergence reset).
+        segment_max_tokens (`int`, *optional*, defaults to `64`):
+            Maximum span length in tokens.
+        segment_saliency_floor (`float`, *optional*, defaults to `0.5`):
+            Minimum saliency of a token inside a span (the saliency is `max(d / q99(d), floor)` there).
+        segment_max_fraction (`float`, *optional*, defaults to `0.25`):
+            Cap on the fraction of a rollout's assistant tokens covered by spans; the spans with the highest mean
+            z-score are kept.
+        segment_min_divergence (`float`, *optional*, defaults to `1e-4`):
+            Minimum absolute divergence (nats) of a spike, so numerical noise never starts a span.
+
+        > Sibling groups and dynamic sampling
+
+        success_threshold (`float`, *optional*, defaults to `1.0`):
+            A rollout is a success when its total (weighted) reward is `>= success_threshold`. A group is *mixed*
+            when it has at least one success and one failure; only mixed groups get a credit reference.
+        dynamic_sampling (`bool`, *optional*, defaults to `True`):
+            Keep generating groups for new prompts until the generation batch is filled with mixed groups or
+            `max_resample_rounds` extra rounds are spent; what cannot be filled is filled with the groups that were
+            sampled first, and logged. Requires a `train_dataset`.
+        max_resample_rounds (`int`, *optional*, defaults to `3`):
+            Extra generation rounds per step allowed to fill the batch with mixed groups.
+
+        > Credit-reference provider
+
+        provider_max_concurrency (`int`, *optional*, defaults to `16`):
+            Maximum number of provider calls in flight during one step.
+        provider_timeout (`float`, *optional*, defaults to `120.0`):
+            Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`).
+        reference_position (`str`, *optional*, defaults to `"system"`):
+            Where the credit reference goes in the teacher prompt: appended to the system message (created if
+            absent) or to the last user message (`"user"`).
+        reference_template (`str`, *optional*):
+            Text wrapping the reference in the teacher prompt; must contain `{reference}`.
+        max_reference_tokens (`int`, *optional*, defaults to `1024`):
+            References longer than this (in policy tokens) are truncated before insertion.
+        sibling_context_max_chars (`int`, *optional*, defaults to `6000`):
+            Character budget of the raw successful trace used as teacher context by `sibling_context` and `sdpo`.
+
+        > Baselines and runtime
+
+        direct_sd_coef (`float`, *optional*, defaults to `0.1`):
+            Coefficient `λ` of the auxiliary distillation loss in `direct_sd` mode.
+        credit_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            Rows per teacher/student scoring forward; `None` uses `per_device_train_batch_size`.
+        credit_log_steps (`int`, *optional*, defaults to `0`):
+            Every this many steps, write the batch's tokens, credit weights, rewards and references as JSON lines under
+            `output_dir/sgcd_credit/` (for `trl-sgcd visualize`). `0` disables it. The files contain the references.
+        inert_warning_steps (`int`, *optional*, defaults to `20`):
+            Validity guard: warn when references exist but the weights stayed `≡ 1` for this many consecutive steps.
+    """
+
+    credit_mode: str = field(
+        default="sgcd",
+        metadata={"help": "Credit signal.", "choices": list(CREDIT_MODES)},
+    )
+    credit_gamma: float = field(default=1.0, metadata={"help": "Saliency gain γ in W = clip(1 + γ·s, 1, c)."})
+    credit_cap: float = field(default=2.0, metadata={"help": "Upper bound c of the credit weights (> 1)."})
+    divergence: str = field(
+        default="reverse_kl",
+        metadata={"help": "Teacher/student divergence on the top-K support.", "choices": list(DIVERGENCES)},
+    )
+    divergence_top_k: int = field(default=100, metadata={"help": "Teacher top-K tokens in the divergence support."})
+    segment_spike_z: float = field(default=3.0, metadata={"help": "Robust z-score of a divergence spike."})
+    segment_entropy_tolerance: float = field(
+        default=0.5, metadata={"help": "Entropy rise (nats) above the spike's entropy that ends a span."}
+    )
+    segment_reset_z: float = field(default=0.5, metadata={"help": "Divergence z-score below which a span ends."})
+    segment_max_tokens: int = field(default=64, metadata={"help": "Maximum span length in tokens."})
+    segment_saliency_floor: float = field(default=0.5, metadata={"help": "Minimum saliency inside a span."})
+    segment_max_fraction: float = field(
+        default=0.25, metadata={"help": "Maximum fraction of a rollout's assistant tokens covered by spans."}
+    )
+    segment_min_divergence: float = field(
+        default=1e-4, metadata={"help": "Minimum divergence (nats) of a spike."}
+    )
+    success_threshold: float = field(
+        default=1.0, metadata={"help": "A rollout succeeds when its total reward is >= this threshold."}
+    )
+    dynamic_sampling: bool = field(
+        default=True, metadata={"help": "Resample new prompts until the batch holds mixed groups."}
+    )
+    max_resample_rounds: int = field(default=3, metadata={"help": "Extra generation rounds per step."})
+    provider_max_concurrency: int = field(default=16, metadata={"help": "Maximum provider calls in flight."})
+    provider_timeout: float = field(default=120.0, metadata={"help": "Seconds before a provider call fails."})
+    reference_position: str = field(
+        default="system",
+        metadata={"help": "Where the reference goes in the teacher prompt.", "choices": list(REFERENCE_POSITIONS)},
+    )
+    reference_template: str = field(
+        default=DEFAULT_REFERENCE_TEMPLATE, metadata={"help": "Wrapper of the reference; contains {reference}."}
+    )
+    max_reference_tokens: int = field(default=1024, metadata={"help": "Truncate references to this many tokens."})
+    sibling_context_max_chars: int = field(
+        default=6000, metadata={"help": "Character budget of the raw sibling trace used as teacher context."}
+    )
+    direct_sd_coef: float = field(default=0.1, metadata={"help": "λ of the direct_sd auxiliary loss."})
+    credit_batch_size: int | None = field(default=None, metadata={"help": "Rows per scoring forward."})
+    credit_log_steps: int = field(default=0, metadata={"help": "Dump the credit of a batch every N steps (0: off)."})
+    inert_warning_steps: int = field(
+        default=20, metadata={"help": "Warn after this many consecutive steps with inert weights."}
+    )
+
+    def __post_init__(self):
+        if self.credit_mode not in CREDIT_MODES:
+            raise ValueError(f"credit_mode={self.credit_mode!r} is not one of {CREDIT_MODES}.")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence={self.divergence!r} is not one of {DIVERGENCES}.")
+        if self.reference_position not in REFERENCE_POSITIONS:
+            raise ValueError(f"reference_position={self.reference_position!r} is not one of {REFERENCE_POSITIONS}.")
+        if self.credit_gamma < 0:
+            raise ValueError(f"credit_gamma must be >= 0, got {self.credit_gamma}.")
+        if self.credit_cap <= 1:
+            raise ValueError(f"credit_cap must be > 1 (W = clip(1 + γ·s, 1, c)), got {self.credit_cap}.")
+        if self.divergence_top_k < 1:
+            raise ValueError(f"divergence_top_k must be >= 1, got {self.divergence_top_k}.")
+        if self.max_resample_rounds < 0:
+            raise ValueError(f"max_resample_rounds must be >= 0, got {self.max_resample_rounds}.")
+        if self.provider_max_concurrency < 1:
+            raise ValueError(f"provider_max_concurrency must be >= 1, got {self.provider_max_concurrency}.")
+        if self.provider_timeout <= 0:
+            raise ValueError(f"provider_timeout must be > 0, got {self.provider_timeout}.")
+        if "{reference}" not in self.reference_template:
+            raise ValueError(f"reference_template must contain '{{reference}}', got {self.reference_template!r}.")
+        if self.max_reference_tokens < 1:
+            raise ValueError(f"max_reference_tokens must be >= 1, got {self.max_reference_tokens}.")
+        if self.direct_sd_coef < 0:
+            raise ValueError(f"direct_sd_coef must be >= 0, got {self.direct_sd_coef}.")
+        if self.credit_log_steps < 0:
+            raise ValueError(f"credit_log_steps must be >= 0, got {self.credit_log_steps}.")
+        if self.credit_batch_size is not None and self.credit_batch_size < 1:
+            raise ValueError(f"credit_batch_size must be >= 1 or None, got {self.credit_batch_size}.")
+        for name in ("segment_entropy_tolerance", "segment_min_divergence"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.segment_max_tokens < 1:
+            raise ValueError(f"segment_max_tokens must be >= 1, got {self.segment_max_tokens}.")
+        if not 0 <= self.segment_saliency_floor <= 1:
+            raise ValueError(f"segment_saliency_floor must be in [0, 1], got {self.segment_saliency_floor}.")
+        if not 0 < self.segment_max_fraction <= 1:
+            raise ValueError(f"segment_max_fraction must be in (0, 1], got {self.segment_max_fraction}.")
+        if self.dynamic_sampling and self.num_generations is not None and self.num_generations < 2:
+            raise ValueError(
+                f"dynamic_sampling needs groups of at least 2 siblings to find mixed groups, got "
+                f"num_generations={self.num_generations}."
+            )
+        if self.importance_sampling_level == "sequence" and self.credit_mode in TOKEN_LEVEL_MODES:
+            raise ValueError(
+                f"importance_sampling_level='sequence' averages per-token weights over each sequence, which erases the "
+                f"credit signal of credit_mode={self.credit_mode!r}. Use importance_sampling_level='token', or "
+                f"credit_mode='off'."
+            )
+        super().__post_init__()
+
+    @property
+    def segmenter(self) -> SegmenterConfig:
+        """The segmenter thresholds as a `SegmenterConfig`."""
+        return SegmenterConfig(
+            spike_z=self.segment_spike_z,
+            entropy_tolerance=self.segment_entropy_tolerance,
+            reset_z=self.segment_reset_z,
+            max_span_tokens=self.segment_max_tokens,
+            saliency_floor=self.segment_saliency_floor,
+            max_selected_fraction=self.segment_max_fraction,
+            min_spike_divergence=self.segment_min_divergence,
+        )

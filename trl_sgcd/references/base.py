@@ -1,0 +1,187 @@
+"""The credit-reference provider interface and the concurrent, fault-tolerant call path the trainer uses.
+
+A provider turns one mixed `SiblingGroup` into a `CreditReference`. Providers are async so a step's calls run
+concurrently; a plain sync or async callable is wrapped by `as_provider`. Every failure mode (exception, timeout,
+empty or malformed output) becomes `None` for that group, which the trainer trains with `W = 1` (plain GRPO), and is
+counted in `ProviderOutcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..siblings import CreditReference, SiblingGroup
+
+
+T = TypeVar("T")
+ProviderReturn = CreditReference | str | None
+
+
+class CreditReferenceError(RuntimeError):
+    """Raised by a provider when its output cannot be used (counted as a failure, never propagated to training)."""
+
+
+class CreditReferenceProvider:
+    """Base class of credit-reference providers.
+
+    Subclasses implement `abuild(group)`. `abuild_many` issues one call per group concurrently; override it for a
+    provider with a native batch API. `pop_metrics` returns per-step accounting (tokens, cost, cache hits, ...) that the
+    trainer logs under `sgcd/provider/`, and resets it.
+    """
+
+    name: str = "provider"
+
+    async def abuild(self, group: SiblingGroup) -> ProviderReturn:
+        raise NotImplementedError
+
+    async def abuild_many(self, groups: Sequence[SiblingGroup]) -> list[ProviderReturn | BaseException]:
+        return await asyncio.gather(*(self.abuild(g) for g in groups), return_exceptions=True)
+
+    def build(self, group: SiblingGroup) -> ProviderReturn:
+        """Synchronous convenience wrapper around `abuild` (safe inside a running event loop, e.g. a notebook)."""
+        return run_sync(self.abuild(group))
+
+    def pop_metrics(self) -> dict[str, float]:
+        return {}
+
+
+class CallableCreditReference(CreditReferenceProvider):
+    """Adapts a plain `(SiblingGroup) -> CreditReference | str | None` callable, sync or async."""
+
+    def __init__(self, fn: Callable[[SiblingGroup], ProviderReturn | Awaitable[ProviderReturn]]):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+    async def abuild(self, group: SiblingGroup) -> ProviderReturn:
+        if self._is_async:
+            return await self.fn(group)
+        # Sync callables may block (HTTP, disk): run them off the event loop so groups still overlap.
+        result = await asyncio.to_thread(self.fn, group)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def as_provider(obj: Any) -> CreditReferenceProvider:
+    """Returns `obj` if it is a provider, wraps it if it is a callable, and raises a clear `TypeError` otherwise."""
+    if isinstance(obj, CreditReferenceProvider):
+        return obj
+    if callable(obj):
+        return CallableCreditReference(obj)
+    raise TypeError(
+        "`credit_reference` must be a CreditReferenceProvider or a callable (SiblingGroup) -> CreditReference | str | "
+        f"None, got {type(obj).__name__}."
+    )
+
+
+@dataclass
+class ProviderOutcome:
+    """References for a list of groups plus the counters the trainer logs."""
+
+    references: list[CreditReference | None]
+    calls: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    empty: int = 0
+    latency_s: float = 0.0
+    error_messages: list[str] = field(default_factory=list)
+
+
+async def _bounded(coro: Awaitable[T], sem: asyncio.Semaphore, timeout: float | None) -> T:
+    async with sem:
+        return await asyncio.wait_for(coro, timeout=timeout)
+
+
+async def aresolve_references(
+    provider: CreditReferenceProvider,
+    groups: Sequence[SiblingGroup],
+    max_concurrency: int = 16,
+    timeout: float | None = 120.0,
+) -> ProviderOutcome:
+    """Calls `provider` once per group, at most `max_concurrency` at a time, each bounded by `timeout` seconds."""
+    outcome = ProviderOutcome(references=[None] * len(groups), calls=len(groups))
+    if not groups:
+        return outcome
+    sem = asyncio.Semaphore(max(1, max_concurrency))
+    start = time.perf_counter()
+    if type(provider).abuild_many is not CreditReferenceProvider.abuild_many:
+        # The provider batches natively; bound the whole batch instead of each call.
+        total_timeout = None if timeout is None else timeout * max(1, -(-len(groups) // max(1, max_concurrency)))
+        try:
+            results = await asyncio.wait_for(provider.abuild_many(groups), timeout=total_timeout)
+        except BaseException as exc:  # noqa: BLE001 - every provider failure degrades to W = 1
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            results = [exc] * len(groups)
+    else:
+        results = await asyncio.gather(
+            *(_bounded(provider.abuild(g), sem, timeout) for g in groups), return_exceptions=True
+        )
+    outcome.latency_s = time.perf_counter() - start
+    for i, result in enumerate(results):
+        if isinstance(result, (KeyboardInterrupt, SystemExit)):
+            raise result
+        if isinstance(result, BaseException):
+            outcome.failures += 1
+            if isinstance(result, (asyncio.TimeoutError, TimeoutError)):
+                outcome.timeouts += 1
+            else:
+                outcome.errors += 1
+            outcome.error_messages.append(f"{type(result).__name__}: {result}"[:300])
+            continue
+        try:
+            ref = CreditReference.coerce(result)
+        except TypeError as exc:
+            outcome.failures += 1
+            outcome.errors += 1
+            outcome.error_messages.append(str(exc)[:300])
+            continue
+        if ref is None:
+            outcome.failures += 1
+            outcome.empty += 1
+            continue
+        outcome.references[i] = ref
+    return outcome
+
+
+def resolve_references(
+    provider: CreditReferenceProvider,
+    groups: Sequence[SiblingGroup],
+    max_concurrency: int = 16,
+    timeout: float | None = 120.0,
+) -> ProviderOutcome:
+    """Synchronous entry point of `aresolve_references`, usable from the training loop and from notebooks."""
+    return run_sync(aresolve_references(provider, groups, max_concurrency=max_concurrency, timeout=timeout))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine to completion from synchronous code.
+
+    Uses `asyncio.run` when no loop is running; inside a running loop (Jupyter), runs it on a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="sgcd-provider", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

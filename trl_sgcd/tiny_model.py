@@ -1,0 +1,132 @@
+"""Tiny, locally built causal LMs for tests, the quickstart and CPU benchmarks.
+
+Nothing is downloaded: the tokenizer is a byte-level BPE trained with `tokenizers` on a small corpus (by default a
+synthetic one plus whatever texts the caller passes, e.g. the built-in environment's tasks and tool traces), and the
+model is a randomly initialised Qwen3 config. The chat template is TRL's bundled Qwen3 template, verbatim, so TRL
+recognises it, parses `<tool_call>` blocks and swaps in its prefix-preserving training template, exactly as it does for
+a real Qwen3 checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+]
+
+_WORDS = (
+    "the a an to of and in is it you that for on with as are this be at or from by not what all when can your "
+    "flight reservation user booking cancel update baggage passenger cabin economy business basic status date "
+    "origin destination airport search direct get details list send certificate calculate transfer human agent "
+    "yes no please thank help need want change find book id number name email phone payment card gift total price "
+    "tool call response result error true false null system assistant answer question task done ok"
+).split()
+
+
+def _synthetic_corpus(n_lines: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 14))]
+        if rng.random() < 0.3:
+            words.append(str(rng.randint(0, 9999)))
+        if rng.random() < 0.2:
+            words.insert(0, '{"name": "' + rng.choice(_WORDS) + '", "arguments": {')
+            words.append("}}")
+        lines.append(" ".join(words))
+    return lines
+
+
+def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 1024, seed: int = 0):
+    """Trains a byte-level BPE tokenizer with Qwen3-style special tokens and TRL's Qwen3 chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = _synthetic_corpus(3000, seed) + list(texts)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    fast.chat_template = resources.files("trl").joinpath("chat_templates/qwen3.jinja").read_text()
+    return fast
+
+
+def make_tiny_model(
+    output_dir: str | Path,
+    texts: Iterable[str] = (),
+    vocab_size: int = 1024,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 4096,
+    seed: int = 0,
+) -> str:
+    """Builds and saves a random-weight Qwen3 causal LM with a locally trained tokenizer.
+
+    Args:
+        output_dir: where `save_pretrained` writes the model and tokenizer.
+        texts: extra training text for the tokenizer (task prompts, tool traces) so they tokenize compactly.
+        vocab_size: BPE vocabulary budget (the trained vocabulary may be smaller).
+        hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: model shape.
+        max_position_embeddings: context length of the config.
+        seed: seed for the synthetic corpus and the weight initialisation.
+
+    Returns:
+        The path of the saved model, usable anywhere a Hub model id is (`AutoModelForCausalLM.from_pretrained`,
+        `GRPOTrainer(model=path)`).
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    output_dir = Path(output_dir)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, seed=seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=hidden_size // num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return str(output_dir)

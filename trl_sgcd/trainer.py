@@ -1,0 +1,680 @@
+"""`SGCDGRPOTrainer`: the TRL glue of Sibling-Guided Credit Distillation.
+
+All TRL-specific code lives here, so a TRL upgrade touches one file. The trainer overrides three hooks, each only with
+`super()` calls plus post-processing of their results (no TRL method body is copied):
+
+- `_calculate_rewards`: records the prompts, transcripts and gathered rewards of the batch being scored;
+- `_generate_and_score_completions`: dynamic sampling of mixed groups, then the credit pipeline, which turns TRL's
+  `(B,)` advantages into `(B, T)` credit-weighted advantages (TRL's loss accepts both shapes);
+- `compute_loss`: only in the `direct_sd` baseline, which adds an auxiliary distillation loss.
+
+With `use_vllm=True` generation happens in vLLM, but the teacher and student scoring passes still run on the training
+model (`self.model`), exactly like TRL's own old/reference log-probabilities; nothing here assumes transformers
+generation. This path cannot be exercised without a GPU and is untested here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import textwrap
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
+from datasets import IterableDataset
+from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import RepeatSampler
+
+from .config import SGCDConfig
+from .credit import (
+    credit_advantages,
+    credit_weights,
+    saliency_segments,
+    student_support_divergence,
+    teacher_divergence,
+    teacher_topk,
+    uniform_weights,
+)
+from .diagnostics import ValidityGuard, credit_statistics, logger
+from .references.base import ProviderOutcome, as_provider, resolve_references
+from .sampling import GlobalRollouts, pad_to_width, plan_refill, tool_audit
+from .siblings import CreditReference
+from .teacher_context import insert_reference, literal_token_mask, sibling_context
+
+
+_SD_KEYS = ("sgcd_sd_ids", "sgcd_sd_q", "sgcd_sd_keep", "sgcd_sd_mask")
+_METADATA_COLUMNS = ("task_id", "answer_literals")
+
+
+class SGCDGRPOTrainer(GRPOTrainer):
+    """GRPO with Sibling-Guided Credit Distillation.
+
+    Introduced in [Keep Policy Gradient in Charge: Sibling-Guided Credit Distillation for Long-Horizon Tool-Use
+    Agents](https://arxiv.org/abs/2606.12634). Policy gradient stays the only actor-gradient path; distillation is used
+    only to decide *which tokens* of a rollout carry its advantage. For every mixed group of sibling rollouts a
+    credit-reference provider writes a training-only reference; the same policy scores each rollout with and without it;
+    the detached divergence and teacher entropy give a saliency `s`, and the GRPO token advantage becomes
+    `A · clip(1 + γ·s, 1, c)`.
+
+    Args:
+        *args, **kwargs: everything [`~trl.GRPOTrainer`] accepts (model, reward functions, datasets, `tools`,
+            `environment_factory`, `rollout_func`, `peft_config`, ...). `args` must be an [`SGCDConfig`].
+        credit_reference: a [`CreditReferenceProvider`], or any callable `(SiblingGroup) -> CreditReference | str |
+            None` (sync or async). `None` uses the LLM-free [`ContrastCreditReference`].
+
+    Example:
+
+    ```python
+    from trl_sgcd import SGCDConfig, SGCDGRPOTrainer, LiteLLMCreditReference
+
+    trainer = SGCDGRPOTrainer(
+        model="Qwen/Qwen3-0.6B",
+        reward_funcs=my_reward,
+        args=SGCDConfig(output_dir="out", num_generations=8),
+        train_dataset=dataset,
+        credit_reference=LiteLLMCreditReference("openai/gpt-4.1-mini"),
+    )
+    trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "grpo", "sgcd"]
+    _name = "SGCD"
+    _paper = {
+        "title": "Keep Policy Gradient in Charge: Sibling-Guided Credit Distillation for Long-Horizon Tool-Use Agents",
+        "id": "2606.12634",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{ding2026sgcd,
+                title        = {{Keep Policy Gradient in Charge: Sibling-Guided Credit Distillation for Long-Horizon Tool-Use Agents}},
+                author       = {Tianyu Ding and Jianhong Xin and Juan Pablo De la Cruz Weinstein},
+                year         = 2026,
+                eprint       = {arXiv:2606.12634},
+            }"""),
+    }
+
+    def __init__(self, *args, credit_reference: Any = None, **kwargs):
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if config is None:
+            model = kwargs.get("model", args[0] if args else None)
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            config = SGCDConfig(f"{str(name).split('/')[-1]}-SGCD")
+            if len(args) > 2:
+                args = (*args[:2], config, *args[3:])
+            else:
+                kwargs["args"] = config
+        if not isinstance(config, SGCDConfig):
+            raise TypeError(
+                f"SGCDGRPOTrainer needs an SGCDConfig, got {type(config).__name__}. Build it with "
+                "SGCDConfig(**grpo_config.to_dict()) or pass the SGCD fields to SGCDConfig directly."
+            )
+        super().__init__(*args, **kwargs)
+
+        if config.dynamic_sampling:
+            if self.train_dataset is None or isinstance(self.train_dataset, IterableDataset):
+                raise ValueError(
+                    "dynamic_sampling=True resamples new prompts from the train_dataset, so it needs a map-style "
+                    "train_dataset. Pass one, or set dynamic_sampling=False."
+                )
+            if self._is_vlm:
+                raise ValueError("dynamic_sampling=True supports text-only models; set dynamic_sampling=False.")
+        if credit_reference is None:
+            from .references.contrast import ContrastCreditReference
+
+            credit_reference = ContrastCreditReference()
+        self.credit_reference = as_provider(credit_reference)
+        self._guard = ValidityGuard(config.inert_warning_steps)
+        self._stash: dict[str, Any] | None = None
+        self._aux_sampler_iter = None
+        self._aux_epoch = 0
+        self._totals: dict[str, float] = defaultdict(float)
+
+    # ------------------------------------------------------------------ TRL hooks
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._stash = {
+            "prompts": copy.deepcopy(prompts),
+            "completions": copy.deepcopy(completions),
+            "rewards_per_func": rewards_per_func,
+            "environments": list(self._batch_environments) if self.environment_factories is not None else None,
+            "metadata": [{k: row[k] for k in _METADATA_COLUMNS if k in row} for row in inputs],
+        }
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        if self.args.dynamic_sampling:
+            output, rollouts = self._sample_mixed_groups(inputs)
+        else:
+            output = super()._generate_and_score_completions(inputs)
+            rollouts = self._gather_rollouts()
+        successes = [rollouts.success(r) for r in range(len(rollouts))]
+        for name, value in tool_audit(rollouts.completions, successes).items():
+            self._log(f"tools/{name}", value)
+        self._log("groups/mixed_frac", len(rollouts.mixed_groups()) / max(1, rollouts.num_groups))
+        if self.args.credit_mode == "off":
+            return output
+        return self._apply_credit(output, rollouts)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.args.credit_mode == "direct_sd" and "sgcd_sd_ids" in inputs:
+            sd_loss = self._direct_sd_loss(model, inputs)
+            normalizer = self.current_gradient_accumulation_steps if self.model.training else 1.0
+            loss = loss + self.args.direct_sd_coef * sd_loss / normalizer
+            self._log("direct_sd/loss", self.accelerator.gather(sd_loss.detach()).mean().item())
+        return loss
+
+    # ------------------------------------------------------------------ sampling
+
+    def _gather_rollouts(self) -> GlobalRollouts:
+        """The batch just scored by TRL, gathered across processes (identical on every rank)."""
+        stash = self._stash
+        rewards_per_func = stash["rewards_per_func"]
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        local = len(stash["prompts"])
+        start = self.accelerator.process_index * local
+        environments = stash["environments"]
+        return GlobalRollouts(
+            prompts=gather_object(stash["prompts"]),
+            completions=gather_object(stash["completions"]),
+            rewards=rewards.tolist(),
+            num_generations=self.num_generations,
+            success_threshold=self.args.success_threshold,
+            environments=None if environments is None else gather_object(environments),
+            metadata=gather_object(stash["metadata"]),
+            local_start=start,
+            local_end=start + local,
+        )
+
+    def _gather_output(self, output: dict[str, Any], local_rows: int) -> dict[str, torch.Tensor]:
+        """Gathers every per-row tensor of TRL's output dict across processes, padding dim 1 to a common width."""
+        gathered = {}
+        for key in sorted(output):
+            value = output[key]
+            if key == "num_items_in_batch":
+                continue
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.size(0) != local_rows:
+                raise ValueError(
+                    f"dynamic_sampling cannot regroup the output field {key!r}; set dynamic_sampling=False for this "
+                    "setup (e.g. vision-language inputs)."
+                )
+            if value.dim() >= 2:
+                value = self.accelerator.pad_across_processes(
+                    value, dim=1, pad_index=self._pad_value(key), pad_first=key.startswith("prompt")
+                )
+            gathered[key] = self.accelerator.gather(value)
+        return gathered
+
+    def _pad_value(self, key: str) -> float:
+        if key in ("prompt_ids", "completion_ids"):
+            return self._tokenizer.pad_token_id
+        return 1 if key == "tool_mask" else 0
+
+    def _next_local_batch(self, local_rows: int) -> list[dict[str, Any]]:
+        """Draws new prompts for a resampling round, laid out like TRL's `RepeatSampler` (groups of `n` rows)."""
+        world = self.accelerator.num_processes
+        global_rows = local_rows * world
+        indices: list[int] = []
+        while len(indices) < global_rows:
+            if self._aux_sampler_iter is None:
+                sampler = RepeatSampler(
+                    data_source=self.train_dataset,
+                    mini_repeat_count=self.num_generations,
+                    batch_size=global_rows // self.num_generations,
+                    repeat_count=1,
+                    shuffle=self.shuffle_dataset,
+                    seed=self.args.seed + 1 + self._aux_epoch,
+                )
+                self._aux_sampler_iter = iter(sampler)
+            try:
+                indices.append(next(self._aux_sampler_iter))
+            except StopIteration:
+                self._aux_sampler_iter = None
+                self._aux_epoch += 1
+        rank = self.accelerator.process_index
+        return [self.train_dataset[i] for i in indices[rank * local_rows : (rank + 1) * local_rows]]
+
+    def _sample_mixed_groups(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], GlobalRollouts]:
+        """Dynamic sampling: generate rounds until the batch holds only mixed groups, or the round budget is spent."""
+        local_rows = len(inputs)
+        world = self.accelerator.num_processes
+        n = self.num_generations
+        target_groups = local_rows * world // n
+        rounds: list[tuple[dict[str, torch.Tensor], GlobalRollouts]] = []
+        candidates: list[tuple[int, int, bool]] = []
+        batch = inputs
+        for round_index in range(self.args.max_resample_rounds + 1):
+            output = super()._generate_and_score_completions(batch)
+            rollouts = self._gather_rollouts()
+            rounds.append((self._gather_output(output, local_rows), rollouts))
+            candidates.extend((round_index, g, rollouts.is_mixed(g)) for g in range(rollouts.num_groups))
+            if sum(mixed for _, _, mixed in candidates) >= target_groups:
+                break
+            if round_index < self.args.max_resample_rounds:
+                batch = self._next_local_batch(local_rows)
+        chosen, filled = plan_refill(candidates, target_groups)
+
+        # Assemble the chosen groups into one global batch, re-padding each field to a common width.
+        device = self.accelerator.device
+        fields: dict[str, torch.Tensor] = {}
+        for key in rounds[0][0]:
+            width = max(r[0][key].size(1) for r in rounds) if rounds[0][0][key].dim() >= 2 else None
+            parts = []
+            for round_index, group in chosen:
+                tensor = rounds[round_index][0][key]
+                if width is not None:
+                    tensor = pad_to_width(tensor, width, self._pad_value(key), left=key.startswith("prompt"))
+                parts.append(tensor[group * n : (group + 1) * n])
+            fields[key] = torch.cat(parts, dim=0)
+        selected = GlobalRollouts.concat(
+            [rounds[r][1].select(list(rounds[r][1].group_rows(g))) for r, g in chosen]
+        )
+        rank = self.accelerator.process_index
+        selected.local_start, selected.local_end = rank * local_rows, (rank + 1) * local_rows
+        loss_mask = fields["completion_mask"] * fields.get("tool_mask", torch.ones_like(fields["completion_mask"]))
+        output = {k: v[selected.local_start : selected.local_end].to(device) for k, v in fields.items()}
+        output["num_items_in_batch"] = loss_mask.sum().to(device)
+
+        sampled = len(candidates)
+        n_mixed = sum(mixed for _, _, mixed in candidates)
+        self._log("sampling/rounds", len(rounds))
+        self._log("sampling/sampled_groups", sampled)
+        self._log("sampling/mixed_yield", n_mixed / max(1, sampled))
+        self._log("sampling/filled_groups", filled)
+        self._totals["filled_groups"] += filled
+        self._log("sampling/filled_groups_total", self._totals["filled_groups"])
+        return output, selected
+
+    # ------------------------------------------------------------------ credit
+
+    def _teacher_contexts(self, rollouts: GlobalRollouts) -> list[CreditReference | None]:
+        """One teacher context per group (None for non-mixed groups and failed provider calls), same on all ranks."""
+        mixed = rollouts.mixed_groups()
+        payload: list[Any] = [None, None]
+        if self.accelerator.is_main_process:
+            contexts: list[CreditReference | None] = [None] * rollouts.num_groups
+            groups = [rollouts.sibling_group(g) for g in mixed]
+            if self.args.credit_mode in ("sibling_context", "sdpo"):
+                outcome = ProviderOutcome(references=[None] * len(groups))
+                sanitize = _default_sanitizer()
+                for i, group in enumerate(groups):
+                    text = sibling_context(sanitize(group), self.args.sibling_context_max_chars)
+                    outcome.references[i] = CreditReference(text) if text else None
+                extra: dict[str, float] = {}
+            else:
+                outcome = resolve_references(
+                    self.credit_reference,
+                    groups,
+                    max_concurrency=self.args.provider_max_concurrency,
+                    timeout=self.args.provider_timeout,
+                )
+                extra = self.credit_reference.pop_metrics()
+                for message in outcome.error_messages[:3]:
+                    logger.warning("[SGCD] credit-reference provider failed for a group (W = 1): %s", message)
+            for g, ref in zip(mixed, outcome.references, strict=True):
+                contexts[g] = ref
+            stats = {
+                "provider/calls": outcome.calls,
+                "provider/failures": outcome.failures,
+                "provider/timeouts": outcome.timeouts,
+                "provider/errors": outcome.errors,
+                "provider/empty": outcome.empty,
+                "provider/latency_s": outcome.latency_s,
+                **{f"provider/{k}": float(v) for k, v in extra.items()},
+            }
+            payload = [contexts, stats]
+        broadcast_object_list(payload, from_process=0)
+        contexts, stats = payload
+        for key in ("calls", "failures", "timeouts", "errors", "empty"):
+            self._totals[key] += stats[f"provider/{key}"]
+            self._log(f"provider/{key}_total", self._totals[key])
+        for key, value in stats.items():
+            self._log(key, value)
+        with_ref = [c for c in contexts if c is not None]
+        self._log("reference/groups_with_reference", len(with_ref))
+        self._log("reference/chars_mean", sum(len(c.text) for c in with_ref) / max(1, len(with_ref)))
+        return contexts
+
+    def _reference_block(self, reference: CreditReference) -> str:
+        """The reference wrapped for the teacher prompt, truncated to `max_reference_tokens` policy tokens."""
+        text = reference.text
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.args.max_reference_tokens:
+            text = self._tokenizer.decode(ids[: self.args.max_reference_tokens]) + " …"
+        return self.args.reference_template.format(reference=text)
+
+    def _apply_credit(self, output: dict[str, Any], rollouts: GlobalRollouts) -> dict[str, Any]:
+        mode = self.args.credit_mode
+        device = self.accelerator.device
+        contexts = self._teacher_contexts(rollouts)
+        start, end = rollouts.local_start, rollouts.local_end
+        local_refs = [contexts[rollouts.group_of(r)] for r in range(start, end)]
+        completion_ids = output["completion_ids"]
+        loss_mask = output["completion_mask"].bool()
+        if "tool_mask" in output:
+            loss_mask = loss_mask & output["tool_mask"].bool()
+        has_ref = torch.tensor([r is not None for r in local_refs], dtype=torch.bool, device=device)
+
+        # Tokens that carry credit: assistant tokens of rows with a reference, minus masked literals.
+        credit_mask = loss_mask & has_ref.unsqueeze(1)
+        for i, ref in enumerate(local_refs):
+            if ref is not None and ref.masked_literals:
+                ids = completion_ids[i][loss_mask[i]].tolist()
+                literal = literal_token_mask(ids, ref.masked_literals, self._tokenizer).to(device)
+                row = credit_mask[i].clone()
+                row[loss_mask[i]] &= ~literal
+                credit_mask[i] = row
+
+        any_reference = any(c is not None for c in contexts)
+        advantages = output["advantages"]
+        if not any_reference:
+            if mode == "sdpo":
+                output["advantages"] = torch.zeros_like(completion_ids, dtype=advantages.dtype)
+            self._log_credit_skipped()
+            return output
+
+        scores = self._score(output, rollouts, local_refs, contexts)
+        d, h = scores["divergence"], scores["entropy"]
+        d = d * credit_mask
+        if mode == "sdpo":
+            token_adv = (scores["teacher_logps"] - scores["student_logps"]) * credit_mask
+            output["advantages"] = token_adv
+            weights = torch.ones_like(token_adv)
+            raw = weights
+            spans = []
+        elif mode == "direct_sd":
+            weights = torch.ones_like(d)
+            raw = weights
+            spans = []
+            output["sgcd_sd_ids"] = scores["sd_ids"]
+            output["sgcd_sd_q"] = scores["sd_q"]
+            output["sgcd_sd_keep"] = scores["sd_keep"]
+            output["sgcd_sd_mask"] = credit_mask
+        else:
+            saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
+            raw = 1.0 + self.args.credit_gamma * saliency
+            weights = credit_weights(saliency, self.args.credit_gamma, self.args.credit_cap)
+            if mode == "uniform":
+                weights = uniform_weights(weights, credit_mask)
+            output["advantages"] = credit_advantages(advantages, weights)
+        self._log_credit(output, weights, raw, d, h, credit_mask, loss_mask, spans, any_reference, scores)
+        if self.args.credit_log_steps > 0:
+            self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask)
+        return output
+
+    @contextlib.contextmanager
+    def _scoring_mode(self):
+        """No gradients, no dropout, no gradient checkpointing: scoring must be deterministic and cheap."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def _completion_logits(self, model, input_ids, attention_mask, num_completion_tokens):
+        """Logits predicting each completion token: positions `P-1 … P+T-2` of `prompt + completion`."""
+        with self.accelerator.autocast():
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                logits_to_keep=num_completion_tokens + 1,
+                use_cache=False,
+            )
+        return out.logits[:, :-1, :]
+
+    def _score(self, output, rollouts, local_refs, contexts) -> dict[str, torch.Tensor]:
+        """Teacher and student scoring passes over the local rows that have a teacher context.
+
+        Every rank runs the same number of forward chunks (derived from the broadcast contexts), padding with a
+        repeated row when it has fewer rows to score, so sharded models (ZeRO-3, FSDP) see matched collectives.
+        """
+        mode = self.args.credit_mode
+        device = self.accelerator.device
+        prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        loss_mask = completion_mask.bool()
+        if "tool_mask" in output:
+            loss_mask = loss_mask & output["tool_mask"].bool()
+        batch, width = completion_ids.shape
+        chunk = self.args.credit_batch_size or self.args.per_device_train_batch_size
+        rows = [i for i, ref in enumerate(local_refs) if ref is not None]
+        local_rows = rollouts.local_end - rollouts.local_start
+        per_rank = [
+            sum(contexts[rollouts.group_of(r)] is not None for r in range(k * local_rows, (k + 1) * local_rows))
+            for k in range(self.accelerator.num_processes)
+        ]
+        num_chunks = max(math.ceil(n / chunk) for n in per_rank)
+
+        start = rollouts.local_start
+        local_prompts = rollouts.prompts[start : rollouts.local_end]
+        teacher_prompts = [
+            insert_reference(local_prompts[i], self._reference_block(local_refs[i]), self.args.reference_position)
+            for i in rows
+        ]
+        teacher_ids: list[list[int]] = []
+        if teacher_prompts:
+            saved_envs = getattr(self, "_batch_environments", None)
+            if rollouts.environments is not None:
+                self._batch_environments = [rollouts.environments[start + i] for i in rows]
+            try:
+                teacher_ids = list(self._tokenize_prompts(teacher_prompts)[0])
+            finally:
+                if rollouts.environments is not None:
+                    self._batch_environments = saved_envs
+
+        d = torch.zeros(batch, width, device=device)
+        h = torch.zeros(batch, width, device=device)
+        result: dict[str, torch.Tensor] = {"divergence": d, "entropy": h}
+        if mode == "sdpo":
+            result["teacher_logps"] = torch.zeros(batch, width, device=device)
+            result["student_logps"] = torch.zeros(batch, width, device=device)
+        if mode == "direct_sd":
+            k = min(self.args.divergence_top_k, self.model.config.get_text_config().vocab_size)
+            result["sd_ids"] = torch.zeros(batch, width, k + 1, dtype=torch.long, device=device)
+            result["sd_q"] = torch.zeros(batch, width, k + 2, device=device)
+            result["sd_keep"] = torch.zeros(batch, width, k + 1, dtype=torch.bool, device=device)
+
+        t0 = time.perf_counter()
+        teacher_tokens = student_tokens = 0
+        pad_id = self._tokenizer.pad_token_id
+        with self._scoring_mode():
+            for c in range(num_chunks):
+                idx = rows[c * chunk : (c + 1) * chunk]
+                positions = list(range(c * chunk, c * chunk + len(idx)))
+                dummy = not idx
+                if dummy:  # keep collectives matched across ranks
+                    idx, positions = [0], []
+                ids_t = [torch.tensor(teacher_ids[p]) for p in positions] if positions else [prompt_ids[0][-1:]]
+                t_width = max(len(x) for x in ids_t)
+                t_prompt = torch.full((len(ids_t), t_width), pad_id, dtype=torch.long, device=device)
+                t_mask = torch.zeros((len(ids_t), t_width), dtype=torch.long, device=device)
+                for j, x in enumerate(ids_t):
+                    t_prompt[j, t_width - len(x) :] = x.to(device)
+                    t_mask[j, t_width - len(x) :] = 1
+                comp, comp_mask = completion_ids[idx], completion_mask[idx]
+                teacher_logits = self._completion_logits(
+                    self.model, torch.cat([t_prompt, comp], 1), torch.cat([t_mask, comp_mask], 1), width
+                )
+                student_logits = self._completion_logits(
+                    self.model,
+                    torch.cat([prompt_ids[idx], comp], 1),
+                    torch.cat([prompt_mask[idx], comp_mask], 1),
+                    width,
+                )
+                if dummy:
+                    continue
+                teacher_tokens += int(t_mask.sum() + comp_mask.sum())
+                student_tokens += int(prompt_mask[idx].sum() + comp_mask.sum())
+                sel = loss_mask[idx]
+                observed = comp[sel]
+                dd, hh = teacher_divergence(
+                    student_logits[sel],
+                    teacher_logits[sel],
+                    observed,
+                    top_k=self.args.divergence_top_k,
+                    divergence=self.args.divergence,
+                    temperature=self.temperature,
+                )
+                rows_t = torch.tensor(idx, device=device)
+                d_block, h_block = d[rows_t], h[rows_t]
+                d_block[sel], h_block[sel] = dd, hh
+                d[rows_t], h[rows_t] = d_block, h_block
+                if mode == "sdpo":
+                    for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
+                        logps = torch.log_softmax(logits[sel].float() / self.temperature, dim=-1)
+                        block = result[name][rows_t]
+                        block[sel] = logps.gather(-1, observed.unsqueeze(-1)).squeeze(-1)
+                        result[name][rows_t] = block
+                if mode == "direct_sd":
+                    ids_k, q_k, keep_k = teacher_topk(
+                        teacher_logits[sel], observed, self.args.divergence_top_k, self.temperature
+                    )
+                    for name, value in (("sd_ids", ids_k), ("sd_q", q_k), ("sd_keep", keep_k)):
+                        block = result[name][rows_t]
+                        block[sel] = value
+                        result[name][rows_t] = block
+        result["time_s"] = torch.tensor(time.perf_counter() - t0)
+        result["teacher_tokens"] = torch.tensor(teacher_tokens)
+        result["student_tokens"] = torch.tensor(student_tokens)
+        return result
+
+    def _direct_sd_loss(self, model, inputs) -> torch.Tensor:
+        """Uncapped top-K `KL(student || teacher)` on credit tokens, with a gradient through the student."""
+        mask = inputs["sgcd_sd_mask"].bool()
+        completion_ids = inputs["completion_ids"]
+        logits = self._completion_logits(
+            model,
+            torch.cat([inputs["prompt_ids"], completion_ids], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1),
+            completion_ids.size(1),
+        )
+        if not mask.any():
+            return logits.sum() * 0.0  # keep the graph so every rank runs the same backward
+        kl = student_support_divergence(
+            logits[mask],
+            inputs["sgcd_sd_ids"][mask],
+            inputs["sgcd_sd_q"][mask],
+            inputs["sgcd_sd_keep"][mask],
+            self.args.divergence,
+            self.temperature,
+        )
+        return kl.mean()
+
+    # ------------------------------------------------------------------ logging
+
+    def _log(self, name: str, value: float) -> None:
+        self._metrics["train"][f"sgcd/{name}"].append(float(value))
+
+    def _gather_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Gathers a `(k, N_local)` float tensor of per-token values from all ranks into `(k, N_global)`."""
+        values = values.float()
+        padded = self.accelerator.pad_across_processes(values, dim=1, pad_index=float("nan"))
+        gathered = self.accelerator.gather(padded.unsqueeze(0)).reshape(-1, values.size(0), padded.size(1))
+        gathered = gathered.permute(1, 0, 2).reshape(values.size(0), -1)
+        return gathered[:, ~torch.isnan(gathered[0])]
+
+    def _log_credit_skipped(self) -> None:
+        self._guard.check(False, False, False, False, False)
+        self._log("weights/mean", 1.0)
+        self._log("advantage_inflation", 1.0)
+        self._log("segments/count", 0)
+
+    def _log_credit(self, output, weights, raw, d, h, credit_mask, loss_mask, spans, any_reference, scores):
+        token_adv = output["advantages"]
+        if token_adv.dim() == 1:
+            token_adv = token_adv.unsqueeze(1).expand_as(weights)
+        seq_adv = token_adv if self.args.credit_mode == "sdpo" else token_adv / weights
+        values = torch.stack([weights, seq_adv, raw, d, h])[:, credit_mask]
+        flat = self._gather_values(values)
+        stats = credit_statistics(flat[0], flat[1], flat[2], flat[3], flat[4], self.args.credit_cap)
+        for key, value in stats.items():
+            self._log(key, value)
+
+        lm = loss_mask.float()
+        sums = torch.stack(
+            [
+                (token_adv.abs() * lm).sum(),
+                (seq_adv.abs() * lm).sum(),
+                credit_mask.sum().float(),
+                torch.tensor(float(sum(len(s) for s in spans)), device=lm.device),
+                torch.tensor(float(len(spans)), device=lm.device),
+                ((weights > 1) & ~loss_mask).any().float(),
+                scores["time_s"].to(lm.device).float(),
+                scores["teacher_tokens"].to(lm.device).float(),
+                scores["student_tokens"].to(lm.device).float(),
+            ]
+        )
+        totals = self.accelerator.gather(sums.unsqueeze(0)).sum(0)
+        self._log("advantage_inflation", (totals[0] / totals[1].clamp(min=1e-12)).item() if totals[1] > 0 else 1.0)
+        self._log("segments/count", totals[4].item())
+        self._log("segments/selected_token_frac", (totals[3] / totals[2].clamp(min=1.0)).item())
+        self._log("credit_tokens", totals[2].item())
+        self._log("scoring/time_s", totals[6].item() / self.accelerator.num_processes)
+        self._log("scoring/teacher_tokens", totals[7].item())
+        self._log("scoring/student_tokens", totals[8].item())
+        features_zero = flat.size(1) > 0 and bool((flat[3] == 0).all())
+        inert = flat.size(1) == 0 or bool((flat[0] <= 1.0).all())
+        guard = self._guard.check(
+            any_reference,
+            features_zero,
+            inert and self.args.credit_mode in ("sgcd", "uniform", "sibling_context"),
+            bool(totals[5] > 0),
+            weights.requires_grad,
+        )
+        for key, value in guard.items():
+            self._log(key, value)
+
+    def _dump_credit_batch(self, output, rollouts, local_refs, weights, credit_mask) -> None:
+        """Writes the credit of this batch as JSON lines (for `trl-sgcd visualize`); contains the references."""
+        every = self.args.credit_log_steps
+        if self.state.global_step % every != 0:
+            return
+        directory = os.path.join(self.args.output_dir, "sgcd_credit")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"step_{self.state.global_step:06d}_rank{self.accelerator.process_index}.jsonl")
+        loss_mask = output["completion_mask"].bool()
+        if "tool_mask" in output:
+            loss_mask = loss_mask & output["tool_mask"].bool()
+        advantages = output["advantages"]
+        with open(path, "w") as f:
+            for i in range(output["completion_ids"].size(0)):
+                row = rollouts.local_start + i
+                length = int(output["completion_mask"][i].sum())
+                ids = output["completion_ids"][i][:length].tolist()
+                adv = advantages[i] if advantages.dim() == 1 else advantages[i][loss_mask[i]].mean()
+                record = {
+                    "step": self.state.global_step,
+                    "row": row,
+                    "group": rollouts.group_of(row),
+                    "reward": rollouts.rewards[row],
+                    "success": rollouts.success(row),
+                    "advantage": float(adv) if adv.numel() else 0.0,
+                    "tokens": [self._tokenizer.decode([t]) for t in ids],
+                    "weights": weights[i][:length].tolist(),
+                    "assistant_mask": loss_mask[i][:length].int().tolist(),
+                    "credit_mask": credit_mask[i][:length].int().tolist(),
+                    "reference": local_refs[i].text if local_refs[i] is not None else None,
+                }
+                f.write(json.dumps(record) + "\n")
+
+
+def _default_sanitizer():
+    """The sanitizer applied to raw sibling traces used as teacher context (`sibling_context`, `sdpo`)."""
+    from .references.sanitizer import Sanitizer
+
+    sanitizer = Sanitizer()
+    return lambda group: sanitizer.sanitize_group(group)[0]
