@@ -1,0 +1,45 @@
+"""Dynamic sampling and provider calls under `accelerate launch --num_processes 2` on CPU (gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+SCRIPT = Path(__file__).parent / "distributed" / "dynamic_sampling_run.py"
+
+
+@pytest.mark.distributed
+def test_two_processes_see_the_same_groups_and_call_the_provider_once_per_group(tiny_model_path, tmp_path):
+    # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU each process falls back to CPU + gloo.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        str(SCRIPT), tiny_model_path, str(tmp_path),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2]
+    r0, r1 = reports
+    assert len(r0["seen"]) == len(r1["seen"]) == 3
+    for s0, s1 in zip(r0["seen"], r1["seen"], strict=True):
+        assert s0["global_groups"] == s1["global_groups"]  # identical global view on both ranks
+        assert s0["mixed"] == s1["mixed"]
+        assert s0["local"] == [0, 3] and s1["local"] == [3, 6]
+        assert s0["local_rows"] == s1["local_rows"] == 3
+        assert s0["num_items_in_batch"] == s1["num_items_in_batch"]
+        # Group 1 holds global rows 2 and 3, i.e. one row on each rank.
+        assert len(s0["global_groups"]) == 6
+    # Provider: called by the main process only, once per mixed group per step.
+    lines = (tmp_path / "provider_calls.txt").read_text().splitlines()
+    main_pid = next(r["pid"] for r in reports if r["is_main"])
+    assert lines and all(line.split("\t")[0] == str(main_pid) for line in lines)
+    assert len(lines) == sum(len(s["mixed"]) for s in r0["seen"])
+    assert sum(h["sgcd/provider/calls"] for h in r0["logs"]) == len(lines)
+    # DDP kept the replicas in sync.
+    assert r0["all_checksums"] == r1["all_checksums"] and r0["checksum"] == pytest.approx(r1["checksum"])
