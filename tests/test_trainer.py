@@ -15,7 +15,9 @@ MODES = ["sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo"]
 
 
 def _dataset(n=16):
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": f"book flight F{i} for user u{i}"}]} for i in range(n)])
+    return Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"book flight F{i} for user u{i}"}]} for i in range(n)]
+    )
 
 
 def parity_reward(completions, **kwargs):

@@ -1,0 +1,202 @@
+"""Step-time and memory overhead of SGCD over plain GRPO, on the same tiny model, batch and seed.
+
+    python benchmarks/overhead.py                       # CPU defaults: 8 generations x 128 tokens, 256-token reference
+    python benchmarks/overhead.py --hidden-size 256 --num-layers 4 --completion-length 256
+
+The script runs each arm in a fresh child process of itself (so that each arm's memory is measured from a clean
+start), one after the other, on the same locally built model, batch and seed, with dynamic sampling off so that both
+arms generate exactly the same amount of text; the SGCD arm uses an instant provider (a fixed reference of about `--reference-tokens` tokens), so
+the overhead measured is the teacher/student scoring passes plus the credit math. Step times are TRL's own
+`step_time` metric (generation, scoring and the optimizer step), medians after `--warmup` steps.
+
+Memory: on CUDA, `torch.cuda.max_memory_allocated`. On CPU there is no allocator counter, so the resident set size is
+sampled every millisecond while the arm trains and reported above the RSS measured just before training starts. The
+CPU figure is coarse (allocator caching, page granularity); treat ratios near 1 as "no measurable difference".
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from trl_sgcd import SGCDConfig, SGCDGRPOTrainer  # noqa: E402
+from trl_sgcd.tiny_model import make_tiny_model  # noqa: E402
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or sampled RSS above the starting RSS on CPU."""
+
+    def __enter__(self):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = _rss_bytes()
+            self.peak = self.start
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            self.used = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.used = self.peak - self.start
+
+
+def parity_reward(completions, **kwargs):
+    return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--prompts-per-step", type=int, default=1)
+    parser.add_argument("--completion-length", type=int, default=128)
+    parser.add_argument("--reference-tokens", type=int, default=256)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--top-k", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=13)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default=None, help="an existing local model path (default: build a tiny one)")
+    parser.add_argument("--arm", choices=["grpo", "sgcd"], default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def run_arm(args) -> dict:
+    """Trains one arm for `--steps` steps and returns its measurements (runs inside the child process)."""
+    from transformers import AutoTokenizer, PrinterCallback
+
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    words = "verify the reservation status before any write call and never cancel basic economy".split()
+    reference, n = [], 0
+    while n < args.reference_tokens:
+        reference.append(words[len(reference) % len(words)])
+        n = len(tokenizer(" ".join(reference), add_special_tokens=False)["input_ids"])
+    reference_text = " ".join(reference)
+
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"cancel reservation r{i} for user u{i}"}]} for i in range(64)]
+    )
+    common = dict(
+        per_device_train_batch_size=args.num_generations * args.prompts_per_step,
+        num_generations=args.num_generations,
+        max_completion_length=args.completion_length,
+        max_steps=args.steps,
+        learning_rate=1e-6,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    out = tempfile.mkdtemp(prefix=f"sgcd-overhead-{args.arm}-")
+    if args.arm == "grpo":
+        trainer = GRPOTrainer(
+            model=args.model, reward_funcs=parity_reward, args=GRPOConfig(out, **common), train_dataset=dataset
+        )
+    else:
+        trainer = SGCDGRPOTrainer(
+            model=args.model,
+            reward_funcs=parity_reward,
+            args=SGCDConfig(out, dynamic_sampling=False, divergence_top_k=args.top_k, **common),
+            train_dataset=dataset,
+            credit_reference=lambda group: reference_text,
+        )
+    trainer.remove_callback(PrinterCallback)
+    with PeakMemory() as memory:
+        trainer.train()
+    logs = [h for h in trainer.state.log_history if "step_time" in h][args.warmup :]
+    result = {"step": statistics.median(h["step_time"] for h in logs), "steps": len(logs), "memory": memory.used}
+    if args.arm == "sgcd":
+        groups = [max(1.0, h["sgcd/reference/groups_with_reference"]) for h in logs]
+        result["scoring"] = statistics.median(h["sgcd/scoring/time_s"] for h in logs)
+        result["teacher_tokens_per_group"] = statistics.median(
+            h["sgcd/scoring/teacher_tokens"] / g for h, g in zip(logs, groups, strict=True)
+        )
+    prompt = tokenizer.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True, tokenize=True,
+                                           return_dict=False)
+    result["prompt_tokens"] = len(prompt)
+    return result
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.arm is not None:
+        print("RESULT " + json.dumps(run_arm(args)), flush=True)
+        return
+    if args.model is None:
+        args.model = make_tiny_model(
+            os.path.join(tempfile.mkdtemp(prefix="sgcd-overhead-"), "model"),
+            vocab_size=args.vocab_size,
+            hidden_size=args.hidden_size,
+            num_hidden_layers=args.num_layers,
+            num_attention_heads=max(1, args.hidden_size // 16),
+            num_key_value_heads=max(1, args.hidden_size // 32),
+        )
+    forwarded = [a for a in sys.argv[1:]]
+    if "--model" not in forwarded:
+        forwarded += ["--model", args.model]
+    results = {}
+    for arm in ("grpo", "sgcd"):
+        child = subprocess.run(
+            [sys.executable, __file__, *forwarded, "--arm", arm], capture_output=True, text=True, check=False
+        )
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode != 0 or not lines:
+            sys.exit(f"the {arm} arm failed:\n{child.stderr[-3000:]}")
+        results[arm] = json.loads(lines[-1][len("RESULT ") :])
+        r = results[arm]
+        line = f"{arm}: median step {r['step']:.3f}s over {r['steps']} steps, peak memory +{r['memory'] / 2**20:.1f} MiB"
+        if arm == "sgcd":
+            line += f", scoring passes {r['scoring']:.3f}s/step, teacher tokens/group {r['teacher_tokens_per_group']:.0f}"
+        print(line, flush=True)
+
+    ideal = args.reference_tokens + results["sgcd"]["prompt_tokens"] + args.num_generations * args.completion_length
+    step_ratio = results["sgcd"]["step"] / results["grpo"]["step"]
+    memory_ratio = results["sgcd"]["memory"] / max(1, results["grpo"]["memory"])
+    print(
+        f"step_time_ratio={step_ratio:.3f} peak_memory_ratio={memory_ratio:.3f} "
+        f"teacher_tokens_per_group={results['sgcd']['teacher_tokens_per_group']:.0f} (shared-prefix ideal {ideal})"
+    )
+
+
+if __name__ == "__main__":
+    main()
