@@ -151,8 +151,9 @@ def run_arm(args) -> dict:
         result["teacher_tokens_per_group"] = statistics.median(
             h["sgcd/scoring/teacher_tokens"] / g for h, g in zip(logs, groups, strict=True)
         )
-    prompt = tokenizer.apply_chat_template(dataset[0]["prompt"], add_generation_prompt=True, tokenize=True,
-                                           return_dict=False)
+    prompt = tokenizer.apply_chat_template(
+        dataset[0]["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     result["prompt_tokens"] = len(prompt)
     return result
 
@@ -184,9 +185,13 @@ def main() -> None:
             sys.exit(f"the {arm} arm failed:\n{child.stderr[-3000:]}")
         results[arm] = json.loads(lines[-1][len("RESULT ") :])
         r = results[arm]
-        line = f"{arm}: median step {r['step']:.3f}s over {r['steps']} steps, peak memory +{r['memory'] / 2**20:.1f} MiB"
+        line = (
+            f"{arm}: median step {r['step']:.3f}s over {r['steps']} steps, peak memory +{r['memory'] / 2**20:.1f} MiB"
+        )
         if arm == "sgcd":
-            line += f", scoring passes {r['scoring']:.3f}s/step, teacher tokens/group {r['teacher_tokens_per_group']:.0f}"
+            line += (
+                f", scoring passes {r['scoring']:.3f}s/step, teacher tokens/group {r['teacher_tokens_per_group']:.0f}"
+            )
         print(line, flush=True)
 
     ideal = args.reference_tokens + results["sgcd"]["prompt_tokens"] + args.num_generations * args.completion_length

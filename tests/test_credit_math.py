@@ -36,7 +36,7 @@ def _brute_force(student_logits, teacher_logits, observed, k, kind):
         def kl(a, b):
             return sum(
                 x * (torch.log(torch.tensor(x)) - torch.log(torch.tensor(max(y, 1e-12)))).item()
-                for x, y in zip(a, b)
+                for x, y in zip(a, b, strict=True)
                 if x > 0
             )
 
@@ -45,7 +45,7 @@ def _brute_force(student_logits, teacher_logits, observed, k, kind):
         elif kind == "forward_kl":
             d = kl(q, p)
         else:
-            m = [(x + y) / 2 for x, y in zip(p, q)]
+            m = [(x + y) / 2 for x, y in zip(p, q, strict=True)]
             d = 0.5 * kl(p, m) + 0.5 * kl(q, m)
         d_out.append(d)
         h_out.append(-sum(x * torch.log(torch.tensor(x)).item() for x in q if x > 0))

@@ -7,10 +7,9 @@ continue. Everything after the first turn (tool execution, tool mask, teacher pa
 
 import torch
 from datasets import Dataset
+from test_trainer import _args, _spy_credit
 
 from trl_sgcd import SGCDGRPOTrainer
-
-from test_trainer import _args, _spy_credit
 
 
 MARKER = "REFERENCE-MARKER-7f3a"

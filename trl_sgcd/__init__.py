@@ -28,7 +28,23 @@ _EXPORTS = {
     "uniform_weights": ".credit",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CallableCreditReference",
+    "ContrastCreditReference",
+    "CreditReference",
+    "CreditReferenceProvider",
+    "LiteLLMCreditReference",
+    "SGCDConfig",
+    "SGCDGRPOTrainer",
+    "Sibling",
+    "SiblingGroup",
+    "as_provider",
+    "credit_advantages",
+    "credit_weights",
+    "saliency_segments",
+    "teacher_divergence",
+    "uniform_weights",
+]
 
 
 def __getattr__(name):

@@ -89,8 +89,9 @@ class SGCDConfig(GRPOConfig):
 
         provider_max_concurrency (`int`, *optional*, defaults to `16`):
             Maximum number of provider calls in flight during one step.
-        provider_timeout (`float`, *optional*, defaults to `120.0`):
-            Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`).
+        provider_timeout (`float`, *optional*, defaults to `300.0`):
+            Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`). A safety net above
+            the provider's own timeout and retries (`LiteLLMCreditReference` defaults to 60 s and 3 retries).
         reference_position (`str`, *optional*, defaults to `"system"`):
             Where the credit reference goes in the teacher prompt: appended to the system message (created if
             absent) or to the last user message (`"user"`).
@@ -135,9 +136,7 @@ class SGCDConfig(GRPOConfig):
     segment_max_fraction: float = field(
         default=0.25, metadata={"help": "Maximum fraction of a rollout's assistant tokens covered by spans."}
     )
-    segment_min_divergence: float = field(
-        default=1e-4, metadata={"help": "Minimum divergence (nats) of a spike."}
-    )
+    segment_min_divergence: float = field(default=1e-4, metadata={"help": "Minimum divergence (nats) of a spike."})
     success_threshold: float = field(
         default=1.0, metadata={"help": "A rollout succeeds when its total reward is >= this threshold."}
     )
@@ -146,7 +145,7 @@ class SGCDConfig(GRPOConfig):
     )
     max_resample_rounds: int = field(default=3, metadata={"help": "Extra generation rounds per step."})
     provider_max_concurrency: int = field(default=16, metadata={"help": "Maximum provider calls in flight."})
-    provider_timeout: float = field(default=120.0, metadata={"help": "Seconds before a provider call fails."})
+    provider_timeout: float = field(default=300.0, metadata={"help": "Seconds before a provider call fails."})
     reference_position: str = field(
         default="system",
         metadata={"help": "Where the reference goes in the teacher prompt.", "choices": list(REFERENCE_POSITIONS)},

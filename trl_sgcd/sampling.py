@@ -109,9 +109,7 @@ def _as_messages(completion: Any) -> list[dict[str, Any]]:
     return list(completion)
 
 
-def plan_refill(
-    candidates: list[tuple[int, int, bool]], target_groups: int
-) -> tuple[list[tuple[int, int]], int]:
+def plan_refill(candidates: list[tuple[int, int, bool]], target_groups: int) -> tuple[list[tuple[int, int]], int]:
     """Chooses the groups of the final batch from every group sampled this step.
 
     Args:
@@ -149,7 +147,5 @@ def tool_audit(completions: list[Any], successes: list[bool]) -> dict[str, float
     return {
         "tool_calls_per_rollout": sum(calls) / max(1, len(calls)),
         "tool_calls_per_success": sum(success_calls) / len(success_calls) if success_calls else 0.0,
-        "zero_tool_success_frac": (
-            sum(n == 0 for n in success_calls) / len(success_calls) if success_calls else 0.0
-        ),
+        "zero_tool_success_frac": (sum(n == 0 for n in success_calls) / len(success_calls) if success_calls else 0.0),
     }

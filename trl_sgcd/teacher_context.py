@@ -8,12 +8,11 @@ template, tool schema and generation prompt are exactly the student's.
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import torch
 
-from .siblings import Message, SiblingGroup
+from .siblings import Message
 
 
 def insert_reference(prompt: list[Message] | str, block: str, position: str = "system") -> list[Message] | str:
@@ -46,49 +45,6 @@ def _append(content: Any, block: str) -> Any:
     if isinstance(content, list):  # multimodal content blocks
         return [*content, {"type": "text", "text": f"\n\n{block}"}]
     return f"{content}\n\n{block}" if content else block
-
-
-def render_transcript(messages: list[Message], max_observation_chars: int = 800) -> str:
-    """Plain-text rendering of a rollout: assistant text, tool calls and (truncated) tool results."""
-    lines = []
-    for message in messages:
-        role = message.get("role")
-        content = message.get("content") or ""
-        if isinstance(content, list):
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if role == "assistant":
-            if content.strip():
-                lines.append(f"assistant: {content.strip()}")
-            for call in message.get("tool_calls") or []:
-                function = call.get("function", call)
-                arguments = function.get("arguments", {})
-                if not isinstance(arguments, str):
-                    arguments = json.dumps(arguments, sort_keys=True)
-                lines.append(f"call {function.get('name')}({arguments})")
-        elif role == "tool":
-            text = str(content)
-            if len(text) > max_observation_chars:
-                text = text[:max_observation_chars] + " …[truncated]"
-            lines.append(f"result {message.get('name', 'tool')}: {text}")
-        elif content:
-            lines.append(f"{role}: {content}")
-    return "\n".join(lines)
-
-
-def sibling_context(group: SiblingGroup, max_chars: int = 6000) -> str | None:
-    """Teacher context of the `sibling_context` and `sdpo` modes: the raw trace of a successful sibling.
-
-    The shortest success is used (it fits the budget best and, like SDPO's demonstrations, is a complete solution).
-    Returns `None` when the group has no success. The group is expected to be sanitised already.
-    """
-    successes = group.successes
-    if not successes:
-        return None
-    best = min(successes, key=lambda s: len(render_transcript(s.messages)))
-    text = render_transcript(best.messages)
-    if len(text) > max_chars:
-        text = text[:max_chars] + "\n…[truncated]"
-    return f"A successful attempt at this task:\n{text}"
 
 
 def literal_token_mask(token_ids: list[int], literals: list[str], tokenizer) -> torch.Tensor:

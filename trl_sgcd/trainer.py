@@ -43,10 +43,11 @@ from .credit import (
     uniform_weights,
 )
 from .diagnostics import ValidityGuard, credit_statistics, logger
-from .references.base import ProviderOutcome, as_provider, resolve_references
+from .references import ContrastCreditReference, SiblingContextReference, ensure_sanitized
+from .references.base import resolve_references
 from .sampling import GlobalRollouts, pad_to_width, plan_refill, tool_audit
 from .siblings import CreditReference
-from .teacher_context import insert_reference, literal_token_mask, sibling_context
+from .teacher_context import insert_reference, literal_token_mask
 
 
 _SD_KEYS = ("sgcd_sd_ids", "sgcd_sd_q", "sgcd_sd_keep", "sgcd_sd_mask")
@@ -104,7 +105,9 @@ class SGCDGRPOTrainer(GRPOTrainer):
         config = kwargs.get("args", args[2] if len(args) > 2 else None)
         if config is None:
             model = kwargs.get("model", args[0] if args else None)
-            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            name = (
+                model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+            )
             config = SGCDConfig(f"{str(name).split('/')[-1]}-SGCD")
             if len(args) > 2:
                 args = (*args[:2], config, *args[3:])
@@ -125,11 +128,11 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 )
             if self._is_vlm:
                 raise ValueError("dynamic_sampling=True supports text-only models; set dynamic_sampling=False.")
-        if credit_reference is None:
-            from .references.contrast import ContrastCreditReference
-
-            credit_reference = ContrastCreditReference()
-        self.credit_reference = as_provider(credit_reference)
+        # User callables are wrapped so that they, too, only ever see sanitized sibling traces.
+        self.credit_reference = ensure_sanitized(
+            credit_reference if credit_reference is not None else ContrastCreditReference()
+        )
+        self._sibling_context = SiblingContextReference(max_chars=config.sibling_context_max_chars)
         self._guard = ValidityGuard(config.inert_warning_steps)
         self._stash: dict[str, Any] | None = None
         self._aux_sampler_iter = None
@@ -166,7 +169,9 @@ class SGCDGRPOTrainer(GRPOTrainer):
         return self._apply_credit(output, rollouts)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         if self.args.credit_mode == "direct_sd" and "sgcd_sd_ids" in inputs:
             sd_loss = self._direct_sd_loss(model, inputs)
             normalizer = self.current_gradient_accumulation_steps if self.model.training else 1.0
@@ -278,9 +283,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
                     tensor = pad_to_width(tensor, width, self._pad_value(key), left=key.startswith("prompt"))
                 parts.append(tensor[group * n : (group + 1) * n])
             fields[key] = torch.cat(parts, dim=0)
-        selected = GlobalRollouts.concat(
-            [rounds[r][1].select(list(rounds[r][1].group_rows(g))) for r, g in chosen]
-        )
+        selected = GlobalRollouts.concat([rounds[r][1].select(list(rounds[r][1].group_rows(g))) for r, g in chosen])
         rank = self.accelerator.process_index
         selected.local_start, selected.local_end = rank * local_rows, (rank + 1) * local_rows
         loss_mask = fields["completion_mask"] * fields.get("tool_mask", torch.ones_like(fields["completion_mask"]))
@@ -306,27 +309,22 @@ class SGCDGRPOTrainer(GRPOTrainer):
         if self.accelerator.is_main_process:
             contexts: list[CreditReference | None] = [None] * rollouts.num_groups
             groups = [rollouts.sibling_group(g) for g in mixed]
-            if self.args.credit_mode in ("sibling_context", "sdpo"):
-                outcome = ProviderOutcome(references=[None] * len(groups))
-                sanitize = _default_sanitizer()
-                for i, group in enumerate(groups):
-                    text = sibling_context(sanitize(group), self.args.sibling_context_max_chars)
-                    outcome.references[i] = CreditReference(text) if text else None
-                extra: dict[str, float] = {}
-            else:
-                outcome = resolve_references(
-                    self.credit_reference,
-                    groups,
-                    max_concurrency=self.args.provider_max_concurrency,
-                    timeout=self.args.provider_timeout,
-                )
-                extra = self.credit_reference.pop_metrics()
-                for message in outcome.error_messages[:3]:
-                    logger.warning("[SGCD] credit-reference provider failed for a group (W = 1): %s", message)
+            # `sibling_context` and `sdpo` use the raw (sanitized) successful trace instead of a summary.
+            uses_sibling = self.args.credit_mode in ("sibling_context", "sdpo")
+            provider = self._sibling_context if uses_sibling else self.credit_reference
+            outcome = resolve_references(
+                provider,
+                groups,
+                max_concurrency=self.args.provider_max_concurrency,
+                timeout=self.args.provider_timeout,
+            )
+            extra = provider.pop_metrics()
+            for message in outcome.error_messages[:3]:
+                logger.warning("[SGCD] credit-reference provider failed for a group (W = 1): %s", message)
             for g, ref in zip(mixed, outcome.references, strict=True):
                 contexts[g] = ref
             stats = {
-                "provider/calls": outcome.calls,
+                "provider/calls": 0 if uses_sibling else outcome.calls,
                 "provider/failures": outcome.failures,
                 "provider/timeouts": outcome.timeouts,
                 "provider/errors": outcome.errors,
@@ -670,11 +668,3 @@ class SGCDGRPOTrainer(GRPOTrainer):
                     "reference": local_refs[i].text if local_refs[i] is not None else None,
                 }
                 f.write(json.dumps(record) + "\n")
-
-
-def _default_sanitizer():
-    """The sanitizer applied to raw sibling traces used as teacher context (`sibling_context`, `sdpo`)."""
-    from .references.sanitizer import Sanitizer
-
-    sanitizer = Sanitizer()
-    return lambda group: sanitizer.sanitize_group(group)[0]

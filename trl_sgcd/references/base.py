@@ -57,7 +57,7 @@ class CallableCreditReference(CreditReferenceProvider):
     def __init__(self, fn: Callable[[SiblingGroup], ProviderReturn | Awaitable[ProviderReturn]]):
         self.fn = fn
         self.name = getattr(fn, "__name__", type(fn).__name__)
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     async def abuild(self, group: SiblingGroup) -> ProviderReturn:
         if self._is_async:
