@@ -1,0 +1,317 @@
+"""Credit visualizer: renders the credit dumps of `SGCDConfig(credit_log_steps=N)` as an HTML page and a PNG.
+
+The trainer writes one JSON line per rollout to `output_dir/sgcd_credit/step_XXXXXX_rankR.jsonl` (keys `step`, `row`,
+`group`, `reward`, `success`, `advantage`, `tokens`, `weights`, `assistant_mask`, `credit_mask`, `reference`). This
+module reads the dump of one step (all ranks) and draws:
+
+- `render_html`: a self-contained page, one section per sibling group with its credit reference, every rollout's
+  tokens shaded by its credit weight `W` (white at 1, deepest at the cap `c`), tokens outside the loss (tool
+  observations) grey and italic, tool-call spans outlined, and the rollout's reward, success and advantage.
+- `render_png`: a heat strip per rollout of `W` over token position (grey where the token is not in the loss).
+
+Simplified: the page has no JavaScript (hover titles only), and tool calls are found by their `<tool_call>` markup
+in the decoded tokens, which covers Qwen-style templates; other templates just show no outline. The dump holds the
+credit references, which are training-only context: keep the rendered pages with the training outputs.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+Record = dict[str, Any]
+_DUMP_NAME = re.compile(r"step_(\d+)_rank(\d+)\.jsonl$")
+_TOOL_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
+_SHADE_RGB = (217, 95, 2)  # dark orange: reads as "more credit" and stays distinct from the grey of masked tokens
+
+
+def _dump_files(path: str | Path) -> dict[int, list[Path]]:
+    path = Path(path)
+    if path.is_file():
+        match = _DUMP_NAME.search(path.name)
+        return {int(match.group(1)) if match else 0: [path]}
+    directory = path / "sgcd_credit" if (path / "sgcd_credit").is_dir() else path
+    steps: dict[int, list[Path]] = {}
+    for file in sorted(directory.glob("step_*_rank*.jsonl")):
+        match = _DUMP_NAME.search(file.name)
+        if match:
+            steps.setdefault(int(match.group(1)), []).append(file)
+    if not steps:
+        raise FileNotFoundError(
+            f"No credit dump under {path}: expected sgcd_credit/step_XXXXXX_rankR.jsonl files "
+            "(train with SGCDConfig(credit_log_steps=N))."
+        )
+    return steps
+
+
+def available_steps(path: str | Path) -> list[int]:
+    """The steps that have a credit dump under `path` (an output directory, its `sgcd_credit/`, or a JSONL file)."""
+    return sorted(_dump_files(path))
+
+
+def load_credit_dump(path: str | Path, step: int | None = None) -> list[Record]:
+    """Reads the credit records of one step, merged over ranks and sorted by global row.
+
+    Args:
+        path: a training `output_dir`, its `sgcd_credit/` folder, or one dump file.
+        step: the step to read; defaults to the latest one available.
+    """
+    steps = _dump_files(path)
+    if step is None:
+        step = max(steps)
+    elif step not in steps:
+        raise ValueError(f"No credit dump for step {step} under {path}; available steps: {sorted(steps)}.")
+    records = []
+    for file in steps[step]:
+        with open(file, encoding="utf-8") as handle:
+            records += [json.loads(line) for line in handle if line.strip()]
+    return sorted(records, key=lambda record: record["row"])
+
+
+def _shade(weight: float, cap: float) -> float:
+    """Opacity of the credit colour: 0 at `W = 1`, 1 at `W = cap`."""
+    return min(1.0, max(0.0, (weight - 1.0) / (cap - 1.0)))
+
+
+def _resolve_cap(records: Sequence[Record], cap: float | None) -> float:
+    if cap is not None:
+        if cap <= 1.0:
+            raise ValueError(f"cap must be > 1, got {cap}.")
+        return float(cap)
+    highest = max((w for record in records for w in record["weights"]), default=1.0)
+    return highest if highest > 1.0 else 2.0  # no boosted token: use the paper's default cap for the scale
+
+
+def tool_call_positions(tokens: Sequence[str]) -> set[int]:
+    """Indices of the tokens that overlap a `<tool_call>...</tool_call>` span of the decoded text."""
+    starts, position = [], 0
+    for token in tokens:
+        starts.append(position)
+        position += len(token)
+    text = "".join(tokens)
+    inside: set[int] = set()
+    for match in _TOOL_CALL.finditer(text):
+        for index, start in enumerate(starts):
+            end = start + len(tokens[index])
+            if start < match.end() and end > match.start():
+                inside.add(index)
+    return inside
+
+
+def _visible(token: str) -> str:
+    """The token as display text: line breaks marked, other control characters as their Unicode symbols."""
+    shown = []
+    for char in token:
+        if char == "\n":
+            shown.append("↵\n")
+        elif char == "\t":
+            shown.append("⇥\t")
+        elif ord(char) < 0x20:
+            shown.append(chr(0x2400 + ord(char)))
+        elif char == "\x7f":
+            shown.append("␡")
+        else:
+            shown.append(char)
+    return "".join(shown)
+
+
+def _summary(record: Record) -> dict[str, float]:
+    weights = [w for w, m in zip(record["weights"], record["assistant_mask"], strict=False) if m]
+    boosted = sum(w > 1.0 for w in weights)
+    return {
+        "tokens": len(record["tokens"]),
+        "loss_tokens": len(weights),
+        "boosted": boosted,
+        "mean_w": sum(weights) / len(weights) if weights else 1.0,
+        "max_w": max(weights, default=1.0),
+    }
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin: 28px 0 6px; }
+.legend span.t { padding: 1px 6px; }
+.group { border-top: 2px solid #999; margin-top: 18px; }
+.reference { background: #f5f5f0; border-left: 4px solid #999; padding: 6px 10px; white-space: pre-wrap;
+  font-size: 12px; max-height: 220px; overflow: auto; }
+.no-reference { color: #777; font-style: italic; font-size: 13px; }
+.rollout { margin: 10px 0 14px; }
+.meta { font-size: 13px; margin-bottom: 3px; }
+.ok { color: #1a7f37; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
+.tokens { font-family: ui-monospace, monospace; font-size: 12.5px; line-height: 1.9; white-space: pre-wrap;
+  word-break: break-all; border: 1px solid #ddd; padding: 6px; }
+span.t { border-radius: 2px; }
+span.obs { color: #9a9a9a; font-style: italic; }
+span.call { box-shadow: inset 0 -2px 0 #1f5fbf; }
+span.nocredit { text-decoration: underline dotted #888; }
+"""
+
+
+def render_html(records: Sequence[Record], cap: float | None = None, title: str | None = None) -> str:
+    """A self-contained HTML page of the credit of one step.
+
+    Args:
+        records: the step's records (`load_credit_dump`).
+        cap: the weight drawn deepest (the run's `credit_cap`); defaults to the highest weight in the records.
+        title: page title; defaults to `"SGCD credit, step N"`.
+    """
+    if not records:
+        raise ValueError("No credit records to render.")
+    cap = _resolve_cap(records, cap)
+    step = records[0].get("step")
+    title = title or f"SGCD credit, step {step}"
+    r, g, b = _SHADE_RGB
+    groups: dict[int, list[Record]] = {}
+    for record in records:
+        groups.setdefault(int(record["group"]), []).append(record)
+
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        '<p class="legend">Token background: credit weight W, from '
+        f'<span class="t" style="background:rgba({r},{g},{b},0.0);border:1px solid #ccc">W = 1</span> to '
+        f'<span class="t" style="background:rgba({r},{g},{b},1.0)">W = {cap:.2f}</span>. '
+        '<span class="obs">Grey italic</span>: not in the loss (tool observations). '
+        '<span class="call">Underlined blue</span>: tool call. '
+        '<span class="nocredit">Dotted</span>: in the loss but outside the credit mask. '
+        "Hover a token for its position and weight.</p>",
+    ]
+    for group, members in sorted(groups.items()):
+        successes = sum(bool(m["success"]) for m in members)
+        reference = next((m["reference"] for m in members if m.get("reference")), None)
+        out.append(f'<section class="group" id="group-{group}">')
+        out.append(f"<h2>Group {group}: {successes}/{len(members)} successes</h2>")
+        if reference:
+            out.append(f'<div class="reference">{html.escape(reference)}</div>')
+        else:
+            out.append('<div class="no-reference">No credit reference for this group (W &equiv; 1).</div>')
+        for record in sorted(members, key=lambda m: m["row"]):
+            stats = _summary(record)
+            verdict = '<span class="ok">success</span>' if record["success"] else '<span class="fail">failure</span>'
+            out.append(f'<div class="rollout" id="row-{record["row"]}">')
+            out.append(
+                f'<div class="meta">row {record["row"]} &middot; reward {float(record["reward"]):.3f} &middot; '
+                f"{verdict} &middot; advantage {float(record['advantage']):+.3f} &middot; "
+                f"mean W {stats['mean_w']:.3f}, max W {stats['max_w']:.3f}, "
+                f"{stats['boosted']}/{stats['loss_tokens']} loss tokens boosted</div>"
+            )
+            calls = tool_call_positions(record["tokens"])
+            spans = []
+            masks = zip(record["weights"], record["assistant_mask"], record["credit_mask"], strict=False)
+            for index, (token, (weight, in_loss, in_credit)) in enumerate(zip(record["tokens"], masks, strict=False)):
+                classes = ["t"]
+                style = ""
+                if not in_loss:
+                    classes.append("obs")
+                else:
+                    if weight > 1.0:
+                        alpha = _shade(weight, cap)
+                        ink = ";color:#fff" if alpha > 0.6 else ""  # keep deep shades readable
+                        style = f' style="background:rgba({r},{g},{b},{alpha:.3f}){ink}"'
+                    if not in_credit:
+                        classes.append("nocredit")
+                if index in calls:
+                    classes.append("call")
+                tip = f"#{index} W={weight:.3f}" + ("" if in_loss else " (not in loss)")
+                spans.append(
+                    f'<span class="{" ".join(classes)}"{style} title="{tip}">{html.escape(_visible(token))}</span>'
+                )
+            out.append(f'<div class="tokens">{"".join(spans)}</div></div>')
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render_png(records: Sequence[Record], path: str | Path, cap: float | None = None, max_rollouts: int = 64) -> Path:
+    """Saves a heat strip per rollout of `W` over token position (grey: not in the loss), grouped by sibling group.
+
+    Args:
+        records: the step's records (`load_credit_dump`).
+        path: the PNG to write.
+        cap: the top of the colour scale; defaults to the highest weight in the records.
+        max_rollouts: draw at most this many rollouts (the first ones by row).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not records:
+        raise ValueError("No credit records to render.")
+    cap = _resolve_cap(records, cap)
+    shown = sorted(records, key=lambda m: (m["group"], m["row"]))[:max_rollouts]
+    width = max(1, max(len(m["weights"]) for m in shown))
+    grid = np.full((len(shown), width), np.nan)
+    masked = np.zeros((len(shown), width), dtype=bool)
+    for i, record in enumerate(shown):
+        weights = np.asarray(record["weights"], dtype=float)
+        in_loss = np.asarray(record["assistant_mask"], dtype=bool)[: len(weights)]
+        grid[i, : len(weights)] = weights
+        masked[i, : len(weights)] = ~in_loss
+
+    colormap = matplotlib.colormaps["Oranges"].with_extremes(bad="white")  # white: past the end of a rollout
+    figure, axis = plt.subplots(figsize=(11, 1.2 + 0.32 * len(shown)), dpi=120)
+    image = axis.imshow(
+        np.ma.masked_invalid(np.where(masked, np.nan, grid)),
+        aspect="auto",
+        cmap=colormap,
+        vmin=1.0,
+        vmax=cap,
+        interpolation="nearest",
+    )
+    grey = np.zeros((len(shown), width, 4))
+    grey[masked] = (0.78, 0.78, 0.78, 1.0)
+    axis.imshow(grey, aspect="auto", interpolation="nearest")
+    labels = [
+        f"g{m['group']} r{m['row']} {'✓' if m['success'] else '✗'} R={float(m['reward']):.2f} A={float(m['advantage']):+.2f}"
+        for m in shown
+    ]
+    axis.set_yticks(range(len(shown)), labels, fontsize=8, family="monospace")
+    for i in range(1, len(shown)):
+        if shown[i]["group"] != shown[i - 1]["group"]:
+            axis.axhline(i - 0.5, color="black", linewidth=1.2)
+    axis.set_xlabel("completion token position")
+    step = shown[0].get("step")
+    suffix = f" (first {len(shown)} of {len(records)} rollouts)" if len(shown) < len(records) else ""
+    axis.set_title(f"SGCD credit weights W, step {step}{suffix}; grey: not in the loss", fontsize=10)
+    colorbar = figure.colorbar(image, ax=axis, fraction=0.025, pad=0.01)
+    colorbar.set_label("W")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def visualize(
+    path: str | Path, step: int | None = None, out_dir: str | Path | None = None, cap: float | None = None
+) -> dict[str, Path]:
+    """Renders one step's credit dump to `credit_step_XXXXXX.html` and `.png`.
+
+    Args:
+        path: a training `output_dir`, its `sgcd_credit/` folder, or one dump file.
+        step: the step to render; defaults to the latest.
+        out_dir: where to write; defaults to the folder holding the dump files.
+        cap: the weight drawn deepest (the run's `credit_cap`); defaults to the highest weight in the dump.
+
+    Returns:
+        `{"html": path, "png": path}`
+    """
+    steps = _dump_files(path)
+    step = max(steps) if step is None else step
+    records = load_credit_dump(path, step)
+    out_dir = Path(out_dir) if out_dir is not None else steps[step][0].parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path = out_dir / f"credit_step_{step:06d}.html"
+    html_path.write_text(render_html(records, cap=cap), encoding="utf-8")
+    png_path = render_png(records, out_dir / f"credit_step_{step:06d}.png", cap=cap)
+    return {"html": html_path, "png": png_path}
