@@ -157,7 +157,9 @@ def test_off_and_zero_gamma_train_exactly_like_grpo(tiny_model_path, tmp_path, m
 
 
 def _scored_batch(trainer, n=8):
-    rows = [_dataset()[i % 16] for i in range(n)]
+    """One generation batch laid out like TRL's sampler: each prompt repeated `num_generations` times."""
+    dataset = _dataset()
+    rows = [dataset[i // trainer.num_generations] for i in range(n)]
     trainer.model.train()
     return trainer._generate_and_score_completions(rows)
 
@@ -381,3 +383,33 @@ def test_resume_from_checkpoint_continues_with_the_same_state(tiny_model_path, t
     a, b = _params(straight.model), _params(resumed.model)
     for name in a:  # generation RNG, optimizer and scheduler state are restored: the runs coincide
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_shared_prefix_scoring_matches_full_scoring(tiny_model_path, tmp_path):
+    """Scoring the siblings' shared prefix once (KV cache) gives the features of scoring every row in full."""
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, dynamic_sampling=False, credit_batch_size=3, bf16=False),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    captured = []
+    original = trainer._score
+
+    def spy(*args):
+        result = original(*args)
+        captured.append((args, result))
+        return result
+
+    trainer._score = spy
+    _scored_batch(trainer)
+    assert captured, "the batch needs a mixed group"
+    args, shared = captured[-1]
+    trainer.args.credit_shared_prefix = False
+    full = original(*args)
+    torch.testing.assert_close(shared["divergence"], full["divergence"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shared["entropy"], full["entropy"], rtol=1e-4, atol=1e-6)
+    assert shared["divergence"].abs().sum() > 0
+    # The shared path processes each prefix once per unit instead of once per row.
+    assert shared["teacher_tokens"] < full["teacher_tokens"]

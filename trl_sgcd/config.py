@@ -108,6 +108,10 @@ class SGCDConfig(GRPOConfig):
             Coefficient `λ` of the auxiliary distillation loss in `direct_sd` mode.
         credit_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rows per teacher/student scoring forward; `None` uses `per_device_train_batch_size`.
+        credit_shared_prefix (`bool`, *optional*, defaults to `True`):
+            Score the prompt prefix shared by a group's siblings once (teacher and student pass alike) and reuse its
+            KV cache for every sibling's completion: `P + n·T` tokens per pass instead of `n·(P + T)`. Set `False`
+            to score each row in full (same values up to float rounding; used to check the shared path).
         credit_log_steps (`int`, *optional*, defaults to `0`):
             Every this many steps, write the batch's tokens, credit weights, rewards and references as JSON lines under
             `output_dir/sgcd_credit/` (for `trl-sgcd visualize`). `0` disables it. The files contain the references.
@@ -159,6 +163,9 @@ class SGCDConfig(GRPOConfig):
     )
     direct_sd_coef: float = field(default=0.1, metadata={"help": "λ of the direct_sd auxiliary loss."})
     credit_batch_size: int | None = field(default=None, metadata={"help": "Rows per scoring forward."})
+    credit_shared_prefix: bool = field(
+        default=True, metadata={"help": "Score the siblings' shared prompt prefix once and reuse its KV cache."}
+    )
     credit_log_steps: int = field(default=0, metadata={"help": "Dump the credit of a batch every N steps (0: off)."})
     inert_warning_steps: int = field(
         default=20, metadata={"help": "Warn after this many consecutive steps with inert weights."}

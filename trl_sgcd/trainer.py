@@ -434,11 +434,59 @@ class SGCDGRPOTrainer(GRPOTrainer):
             )
         return out.logits[:, :-1, :]
 
+    def _scoring_units(self, rollouts: GlobalRollouts, contexts) -> list[tuple[int, list[int]]]:
+        """Rows to score, grouped into units that share one prompt: `(rank, global rows)`, in a global order.
+
+        Siblings of a group normally share their prompt, hence also their teacher prompt, so each unit scores its
+        prefix once and its completions against the cached prefix. Computed from gathered data, so every rank knows
+        every rank's units (and forward count) without communicating.
+        """
+        local_rows = rollouts.local_end - rollouts.local_start
+        units: dict[tuple[int, int, str], list[int]] = {}
+        for row in range(len(rollouts)):
+            group = rollouts.group_of(row)
+            if contexts[group] is None:
+                continue
+            key = (row // local_rows, group, json.dumps(rollouts.prompts[row], sort_keys=True, default=str))
+            units.setdefault(key, []).append(row)
+        return [(key[0], rows) for key, rows in units.items()]
+
+    def _prefix_logits(self, prefix_ids, completion_ids, completion_mask, rows, width, cache=None):
+        """Logits predicting each completion token of `rows`, all sharing the unpadded prefix `prefix_ids`.
+
+        With `credit_shared_prefix`, the prefix runs once per unit (pass the returned `cache` back in for the unit's
+        next chunk of rows) and its KV cache is repeated for the rows: a unit of `n` siblings costs `P + n·T` tokens
+        instead of `n·(P + T)`. Otherwise each row is scored in full.
+
+        Returns `(logits (k, T, V), tokens processed, cache)`.
+        """
+        device = self.accelerator.device
+        comp, comp_mask = completion_ids[rows], completion_mask[rows]
+        prefix = prefix_ids.unsqueeze(0).to(device)
+        if not self.args.credit_shared_prefix:
+            ids = torch.cat([prefix.expand(len(rows), -1), comp], 1)
+            mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), comp_mask], 1)
+            return self._completion_logits(self.model, ids, mask, width), ids.numel(), None
+        tokens = comp.numel()
+        if cache is None:
+            with self.accelerator.autocast():
+                out = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+            cache = (out.past_key_values, out.logits[:, -1:, :])
+            tokens += prefix.size(1)
+        past = copy.deepcopy(cache[0])  # the forward below appends to the cache in place
+        past.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones(len(rows), prefix.size(1), dtype=comp_mask.dtype, device=device), comp_mask], 1)
+        with self.accelerator.autocast():
+            out = self.model(input_ids=comp, attention_mask=mask, past_key_values=past, use_cache=True)
+        logits = torch.cat([cache[1].expand(len(rows), 1, -1), out.logits[:, :-1, :]], dim=1)
+        return logits, tokens, cache
+
     def _score(self, output, rollouts, local_refs, contexts) -> dict[str, torch.Tensor]:
         """Teacher and student scoring passes over the local rows that have a teacher context.
 
-        Every rank runs the same number of forward chunks (derived from the broadcast contexts), padding with a
-        repeated row when it has fewer rows to score, so sharded models (ZeRO-3, FSDP) see matched collectives.
+        Rows are scored per unit of siblings sharing a prompt (see `_scoring_units`). Every rank runs the same number
+        of forwards, padding with one-token forwards when it has less to score, so sharded models (ZeRO-3, FSDP) see
+        matched collectives.
         """
         mode = self.args.credit_mode
         device = self.accelerator.device
@@ -449,25 +497,28 @@ class SGCDGRPOTrainer(GRPOTrainer):
             loss_mask = loss_mask & output["tool_mask"].bool()
         batch, width = completion_ids.shape
         chunk = self.args.credit_batch_size or self.args.per_device_train_batch_size
-        rows = [i for i, ref in enumerate(local_refs) if ref is not None]
-        local_rows = rollouts.local_end - rollouts.local_start
-        per_rank = [
-            sum(contexts[rollouts.group_of(r)] is not None for r in range(k * local_rows, (k + 1) * local_rows))
-            for k in range(self.accelerator.num_processes)
+        start, rank = rollouts.local_start, self.accelerator.process_index
+        units = self._scoring_units(rollouts, contexts)
+        # Each unit costs, per pass, one prefix forward (shared-prefix mode) plus one forward per chunk of rows.
+        per_unit = [
+            (r, (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(rows) / chunk)) for r, rows in units
         ]
-        num_chunks = max(math.ceil(n / chunk) for n in per_rank)
+        target = max(sum(n for r, n in per_unit if r == k) for k in range(self.accelerator.num_processes))
+        local_units = [[row - start for row in rows] for r, rows in units if r == rank]
 
-        start = rollouts.local_start
-        local_prompts = rollouts.prompts[start : rollouts.local_end]
         teacher_prompts = [
-            insert_reference(local_prompts[i], self._reference_block(local_refs[i]), self.args.reference_position)
-            for i in rows
+            insert_reference(
+                rollouts.prompts[start + rows[0]],
+                self._reference_block(local_refs[rows[0]]),
+                self.args.reference_position,
+            )
+            for rows in local_units
         ]
         teacher_ids: list[list[int]] = []
         if teacher_prompts:
             saved_envs = getattr(self, "_batch_environments", None)
             if rollouts.environments is not None:
-                self._batch_environments = [rollouts.environments[start + i] for i in rows]
+                self._batch_environments = [rollouts.environments[start + rows[0]] for rows in local_units]
             try:
                 teacher_ids = list(self._tokenize_prompts(teacher_prompts)[0])
             finally:
@@ -487,68 +538,61 @@ class SGCDGRPOTrainer(GRPOTrainer):
             result["sd_keep"] = torch.zeros(batch, width, k + 1, dtype=torch.bool, device=device)
 
         t0 = time.perf_counter()
-        teacher_tokens = student_tokens = 0
-        pad_id = self._tokenizer.pad_token_id
+        teacher_tokens = student_tokens = forwards = 0
         with self._scoring_mode():
-            for c in range(num_chunks):
-                idx = rows[c * chunk : (c + 1) * chunk]
-                positions = list(range(c * chunk, c * chunk + len(idx)))
-                dummy = not idx
-                if dummy:  # keep collectives matched across ranks
-                    idx, positions = [0], []
-                ids_t = [torch.tensor(teacher_ids[p]) for p in positions] if positions else [prompt_ids[0][-1:]]
-                t_width = max(len(x) for x in ids_t)
-                t_prompt = torch.full((len(ids_t), t_width), pad_id, dtype=torch.long, device=device)
-                t_mask = torch.zeros((len(ids_t), t_width), dtype=torch.long, device=device)
-                for j, x in enumerate(ids_t):
-                    t_prompt[j, t_width - len(x) :] = x.to(device)
-                    t_mask[j, t_width - len(x) :] = 1
-                comp, comp_mask = completion_ids[idx], completion_mask[idx]
-                teacher_logits = self._completion_logits(
-                    self.model, torch.cat([t_prompt, comp], 1), torch.cat([t_mask, comp_mask], 1), width
-                )
-                student_logits = self._completion_logits(
-                    self.model,
-                    torch.cat([prompt_ids[idx], comp], 1),
-                    torch.cat([prompt_mask[idx], comp_mask], 1),
-                    width,
-                )
-                if dummy:
-                    continue
-                teacher_tokens += int(t_mask.sum() + comp_mask.sum())
-                student_tokens += int(prompt_mask[idx].sum() + comp_mask.sum())
-                sel = loss_mask[idx]
-                observed = comp[sel]
-                dd, hh = teacher_divergence(
-                    student_logits[sel],
-                    teacher_logits[sel],
-                    observed,
-                    top_k=self.args.divergence_top_k,
-                    divergence=self.args.divergence,
-                    temperature=self.temperature,
-                )
-                rows_t = torch.tensor(idx, device=device)
-                d_block, h_block = d[rows_t], h[rows_t]
-                d_block[sel], h_block[sel] = dd, hh
-                d[rows_t], h[rows_t] = d_block, h_block
-                if mode == "sdpo":
-                    for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
-                        logps = torch.log_softmax(logits[sel].float() / self.temperature, dim=-1)
-                        block = result[name][rows_t]
-                        block[sel] = logps.gather(-1, observed.unsqueeze(-1)).squeeze(-1)
-                        result[name][rows_t] = block
-                if mode == "direct_sd":
-                    ids_k, q_k, keep_k = teacher_topk(
-                        teacher_logits[sel], observed, self.args.divergence_top_k, self.temperature
+            for unit, t_ids in zip(local_units, teacher_ids, strict=True):
+                student_prefix = prompt_ids[unit[0]][prompt_mask[unit[0]].bool()]
+                teacher_prefix = torch.as_tensor(t_ids, dtype=torch.long)
+                teacher_cache = student_cache = None
+                for c in range(0, len(unit), chunk):
+                    idx = unit[c : c + chunk]
+                    teacher_logits, n_t, teacher_cache = self._prefix_logits(
+                        teacher_prefix, completion_ids, completion_mask, idx, width, teacher_cache
                     )
-                    for name, value in (("sd_ids", ids_k), ("sd_q", q_k), ("sd_keep", keep_k)):
-                        block = result[name][rows_t]
-                        block[sel] = value
-                        result[name][rows_t] = block
+                    student_logits, n_s, student_cache = self._prefix_logits(
+                        student_prefix, completion_ids, completion_mask, idx, width, student_cache
+                    )
+                    teacher_tokens += n_t
+                    student_tokens += n_s
+                    self._accumulate_features(result, idx, teacher_logits, student_logits, completion_ids, loss_mask)
+                forwards += (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(unit) / chunk)
+            pad = torch.full((1, 1), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
+            for _ in range(target - forwards):  # keep collectives matched across ranks
+                for _pass in range(2):
+                    self._completion_logits(self.model, pad, torch.ones_like(pad), 1)
         result["time_s"] = torch.tensor(time.perf_counter() - t0)
         result["teacher_tokens"] = torch.tensor(teacher_tokens)
         result["student_tokens"] = torch.tensor(student_tokens)
         return result
+
+    def _accumulate_features(self, result, idx, teacher_logits, student_logits, completion_ids, loss_mask) -> None:
+        """Writes the credit features of rows `idx` into `result` (only at their assistant tokens)."""
+        mode = self.args.credit_mode
+        rows = torch.tensor(idx, device=completion_ids.device)
+        sel = loss_mask[rows]
+        observed = completion_ids[rows][sel]
+        dd, hh = teacher_divergence(
+            student_logits[sel],
+            teacher_logits[sel],
+            observed,
+            top_k=self.args.divergence_top_k,
+            divergence=self.args.divergence,
+            temperature=self.temperature,
+        )
+        values = {"divergence": dd, "entropy": hh}
+        if mode == "sdpo":
+            for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
+                logps = torch.log_softmax(logits[sel].float() / self.temperature, dim=-1)
+                values[name] = logps.gather(-1, observed.unsqueeze(-1)).squeeze(-1)
+        if mode == "direct_sd":
+            ids_k, q_k, keep_k = teacher_topk(
+                teacher_logits[sel], observed, self.args.divergence_top_k, self.temperature
+            )
+            values.update(sd_ids=ids_k, sd_q=q_k, sd_keep=keep_k)
+        for name, value in values.items():
+            block = result[name][rows]
+            block[sel] = value.to(block.dtype)
+            result[name][rows] = block
 
     def _direct_sd_loss(self, model, inputs) -> torch.Tensor:
         """Uncapped top-K `KL(student || teacher)` on credit tokens, with a gradient through the student."""
