@@ -141,10 +141,36 @@ def run_arm(args) -> dict:
             credit_reference=lambda group: reference_text,
         )
     trainer.remove_callback(PrinterCallback)
+    generation_times = []
+    if args.arm == "grpo":  # time TRL's generate-and-score the same way the SGCD arm logs `sgcd/timing/generation_s`
+        generate = trainer._generate_and_score_completions
+
+        def timed_generate(inputs):
+            start = time.perf_counter()
+            out = generate(inputs)
+            generation_times.append(time.perf_counter() - start)
+            return out
+
+        trainer._generate_and_score_completions = timed_generate
     with PeakMemory() as memory:
         trainer.train()
     logs = [h for h in trainer.state.log_history if "step_time" in h][args.warmup :]
-    result = {"step": statistics.median(h["step_time"] for h in logs), "steps": len(logs), "memory": memory.used}
+    if args.arm == "grpo":
+        for h, seconds in zip(logs, generation_times[args.warmup :], strict=False):
+            h["sgcd/timing/generation_s"] = seconds
+    stages = ("generation", "provider", "teacher_pass", "student_pass", "credit_math")
+    breakdown = []
+    for h in logs:
+        row = {stage: h.get(f"sgcd/timing/{stage}_s", 0.0) for stage in stages}
+        row["loss_backward"] = h["step_time"] - sum(row.values())
+        row["step"] = h["step_time"]
+        breakdown.append(row)
+    result = {
+        "step": statistics.median(h["step_time"] for h in logs),
+        "steps": len(logs),
+        "memory": memory.used,
+        "breakdown": breakdown,
+    }
     if args.arm == "sgcd":
         groups = [max(1.0, h["sgcd/reference/groups_with_reference"]) for h in logs]
         result["scoring"] = statistics.median(h["sgcd/scoring/time_s"] for h in logs)

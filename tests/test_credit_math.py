@@ -219,3 +219,15 @@ def test_uniform_weights_keep_advantage_mass_but_remove_localisation():
     torch.testing.assert_close(u[0, :3], torch.full((3,), 4.0 / 3))
     assert u[0, 3] == 1 and torch.equal(u[1], torch.ones(4))
     torch.testing.assert_close((u * mask).sum(), (w * mask).sum())
+
+
+def test_chunked_divergence_equals_unchunked():
+    torch.manual_seed(4)
+    student, teacher = torch.randn(37, 60), torch.randn(37, 60)
+    observed = torch.randint(0, 60, (37,))
+    d1, h1 = teacher_divergence(student, teacher, observed, top_k=8, chunk_size=5)
+    d2, h2 = teacher_divergence(student, teacher, observed, top_k=8, chunk_size=1000)
+    torch.testing.assert_close(d1, d2)
+    torch.testing.assert_close(h1, h2)
+    d0, h0 = teacher_divergence(torch.randn(0, 60), torch.randn(0, 60), torch.zeros(0, dtype=torch.long))
+    assert d0.shape == (0,) and h0.shape == (0,)

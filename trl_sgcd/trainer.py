@@ -138,6 +138,16 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._aux_sampler_iter = None
         self._aux_epoch = 0
         self._totals: dict[str, float] = defaultdict(float)
+        self._timings: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def _timed(self, name: str):
+        """Accumulates wall time per pipeline stage; logged as `sgcd/timing/<name>_s` once per generation batch."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[name] += time.perf_counter() - start
 
     # ------------------------------------------------------------------ TRL hooks
 
@@ -155,18 +165,22 @@ class SGCDGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         if not self.model.training:
             return super()._generate_and_score_completions(inputs)
+        self._timings.clear()
         if self.args.dynamic_sampling:
             output, rollouts = self._sample_mixed_groups(inputs)
         else:
-            output = super()._generate_and_score_completions(inputs)
+            with self._timed("generation"):
+                output = super()._generate_and_score_completions(inputs)
             rollouts = self._gather_rollouts()
         successes = [rollouts.success(r) for r in range(len(rollouts))]
         for name, value in tool_audit(rollouts.completions, successes).items():
             self._log(f"tools/{name}", value)
         self._log("groups/mixed_frac", len(rollouts.mixed_groups()) / max(1, rollouts.num_groups))
-        if self.args.credit_mode == "off":
-            return output
-        return self._apply_credit(output, rollouts)
+        if self.args.credit_mode != "off":
+            output = self._apply_credit(output, rollouts)
+        for name, seconds in self._timings.items():
+            self._log(f"timing/{name}_s", seconds)
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(
@@ -261,7 +275,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
         candidates: list[tuple[int, int, bool]] = []
         batch = inputs
         for round_index in range(self.args.max_resample_rounds + 1):
-            output = super()._generate_and_score_completions(batch)
+            with self._timed("generation"):
+                output = super()._generate_and_score_completions(batch)
             rollouts = self._gather_rollouts()
             rounds.append((self._gather_output(output, local_rows), rollouts))
             candidates.extend((round_index, g, rollouts.is_mixed(g)) for g in range(rollouts.num_groups))
@@ -356,7 +371,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
     def _apply_credit(self, output: dict[str, Any], rollouts: GlobalRollouts) -> dict[str, Any]:
         mode = self.args.credit_mode
         device = self.accelerator.device
-        contexts = self._teacher_contexts(rollouts)
+        with self._timed("provider"):
+            contexts = self._teacher_contexts(rollouts)
         start, end = rollouts.local_start, rollouts.local_end
         local_refs = [contexts[rollouts.group_of(r)] for r in range(start, end)]
         completion_ids = output["completion_ids"]
@@ -401,7 +417,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
             output["sgcd_sd_keep"] = scores["sd_keep"]
             output["sgcd_sd_mask"] = credit_mask
         else:
-            saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
+            with self._timed("credit_math"):
+                saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
             raw = 1.0 + self.args.credit_gamma * saliency
             weights = credit_weights(saliency, self.args.credit_gamma, self.args.credit_cap)
             if mode == "uniform":
@@ -546,15 +563,20 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 teacher_cache = student_cache = None
                 for c in range(0, len(unit), chunk):
                     idx = unit[c : c + chunk]
-                    teacher_logits, n_t, teacher_cache = self._prefix_logits(
-                        teacher_prefix, completion_ids, completion_mask, idx, width, teacher_cache
-                    )
-                    student_logits, n_s, student_cache = self._prefix_logits(
-                        student_prefix, completion_ids, completion_mask, idx, width, student_cache
-                    )
+                    with self._timed("teacher_pass"):
+                        teacher_logits, n_t, teacher_cache = self._prefix_logits(
+                            teacher_prefix, completion_ids, completion_mask, idx, width, teacher_cache
+                        )
+                    with self._timed("student_pass"):
+                        student_logits, n_s, student_cache = self._prefix_logits(
+                            student_prefix, completion_ids, completion_mask, idx, width, student_cache
+                        )
                     teacher_tokens += n_t
                     student_tokens += n_s
-                    self._accumulate_features(result, idx, teacher_logits, student_logits, completion_ids, loss_mask)
+                    with self._timed("credit_math"):
+                        self._accumulate_features(
+                            result, idx, teacher_logits, student_logits, completion_ids, loss_mask
+                        )
                 forwards += (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(unit) / chunk)
             pad = torch.full((1, 1), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
             for _ in range(target - forwards):  # keep collectives matched across ranks

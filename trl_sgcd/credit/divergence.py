@@ -90,6 +90,7 @@ def teacher_divergence(
     top_k: int = 100,
     divergence: Divergence = "reverse_kl",
     temperature: float = 1.0,
+    chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense credit features: per-token divergence `d_t` and teacher entropy `H_t` on the top-K support.
 
@@ -100,16 +101,29 @@ def teacher_divergence(
         top_k: size of the teacher top-K support.
         divergence: `"reverse_kl"` (paper default), `"forward_kl"` or `"jsd"`.
         temperature: sampling temperature; logits are divided by it, as TRL does for its log-probabilities.
+        chunk_size: positions processed at once, so the float32 log-softmax of both distributions never exceeds
+            `2 · chunk_size · V` floats (150 MB per tensor for a 150k vocabulary at the default).
 
     Returns:
         `(d, H)`, both of shape `(...)`, float32, detached.
     """
     shape = observed_ids.shape
     vocab = student_logits.size(-1)
-    s = torch.log_softmax(student_logits.reshape(-1, vocab).float() / temperature, dim=-1)
-    t = torch.log_softmax(teacher_logits.reshape(-1, vocab).float() / temperature, dim=-1)
-    p, q, _ = project_to_support(s, t, observed_ids.reshape(-1), top_k)
-    return support_divergence(p, q, divergence).reshape(shape), support_entropy(q).reshape(shape)
+    student_logits = student_logits.reshape(-1, vocab)
+    teacher_logits = teacher_logits.reshape(-1, vocab)
+    observed_ids = observed_ids.reshape(-1)
+    d_parts, h_parts = [], []
+    for start in range(0, observed_ids.numel(), chunk_size):
+        end = start + chunk_size
+        s = torch.log_softmax(student_logits[start:end].float() / temperature, dim=-1)
+        t = torch.log_softmax(teacher_logits[start:end].float() / temperature, dim=-1)
+        p, q, _ = project_to_support(s, t, observed_ids[start:end], top_k)
+        d_parts.append(support_divergence(p, q, divergence))
+        h_parts.append(support_entropy(q))
+    if not d_parts:
+        empty = torch.zeros(shape, dtype=torch.float32, device=observed_ids.device)
+        return empty, empty.clone()
+    return torch.cat(d_parts).reshape(shape), torch.cat(h_parts).reshape(shape)
 
 
 def teacher_topk(
