@@ -51,7 +51,7 @@ from .teacher_context import insert_reference, literal_token_mask
 
 
 _SD_KEYS = ("sgcd_sd_ids", "sgcd_sd_q", "sgcd_sd_keep", "sgcd_sd_mask")
-_METADATA_COLUMNS = ("task_id", "answer_literals")
+_METADATA_COLUMNS = ("task_id", "answer_literals", "category")
 
 
 class SGCDGRPOTrainer(GRPOTrainer):
@@ -426,7 +426,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
             output["advantages"] = credit_advantages(advantages, weights)
         self._log_credit(output, weights, raw, d, h, credit_mask, loss_mask, spans, any_reference, scores)
         if self.args.credit_log_steps > 0:
-            self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask)
+            self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask, advantages)
         return output
 
     @contextlib.contextmanager
@@ -702,7 +702,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         for key, value in guard.items():
             self._log(key, value)
 
-    def _dump_credit_batch(self, output, rollouts, local_refs, weights, credit_mask) -> None:
+    def _dump_credit_batch(self, output, rollouts, local_refs, weights, credit_mask, sequence_advantages) -> None:
         """Writes the credit of this batch as JSON lines (for `trl-sgcd visualize`); contains the references."""
         every = self.args.credit_log_steps
         if self.state.global_step % every != 0:
@@ -727,10 +727,13 @@ class SGCDGRPOTrainer(GRPOTrainer):
                     "reward": rollouts.rewards[row],
                     "success": rollouts.success(row),
                     "advantage": float(adv) if adv.numel() else 0.0,
+                    "sequence_advantage": float(sequence_advantages[i]),
+                    "metadata": rollouts.metadata[row] if rollouts.metadata else {},
+                    "messages": rollouts.completions[row],
                     "tokens": [self._tokenizer.decode([t]) for t in ids],
                     "weights": weights[i][:length].tolist(),
                     "assistant_mask": loss_mask[i][:length].int().tolist(),
                     "credit_mask": credit_mask[i][:length].int().tolist(),
                     "reference": local_refs[i].text if local_refs[i] is not None else None,
                 }
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, default=str) + "\n")
