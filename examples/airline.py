@@ -33,7 +33,9 @@ from trl_sgcd.envs.tau2_airline import (
 
 @dataclass
 class AirlineArguments:
-    model: str = field(default="Qwen/Qwen3.5-4B", metadata={"help": "Policy (the paper starts from an SFT checkpoint)."})
+    model: str = field(
+        default="Qwen/Qwen3.5-4B", metadata={"help": "Policy (the paper starts from an SFT checkpoint)."}
+    )
     user_model: str = field(
         default="openai/gpt-4.1-2025-04-14",
         metadata={"help": "litellm model of the customer simulator, or 'scripted' for a scripted customer."},
