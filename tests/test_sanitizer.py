@@ -226,3 +226,36 @@ def test_api_keys_in_free_text(secret):
 def test_url_credentials_keep_the_url_shape():
     masked, _ = Sanitizer().sanitize_text("db at postgres://admin:S3cretPass@db.internal:5432/app")
     assert masked == "db at postgres://admin:<MASKED:CREDENTIAL>@db.internal:5432/app"
+
+
+def test_native_batch_provider_keeps_its_batch_api_behind_the_sanitizer():
+    from trl_sgcd.references import CreditReferenceProvider, ensure_sanitized, resolve_references
+    from trl_sgcd.siblings import Sibling, SiblingGroup
+
+    class BatchProvider(CreditReferenceProvider):
+        def __init__(self):
+            self.batches = []
+
+        async def abuild_many(self, groups):
+            self.batches.append([repr(g) for g in groups])
+            return ["State checks: ok." for _ in groups[:-1]] + [RuntimeError("last one fails")]
+
+    secret = "jane.roe@example.org"
+    groups = [
+        SiblingGroup(
+            prompt="help",
+            siblings=[
+                Sibling([{"role": "tool", "name": "lookup", "content": f'{{"email": "{secret}"}}'}], 1.0, True),
+                Sibling([{"role": "assistant", "content": "no"}], 0.0, False),
+            ],
+        )
+        for _ in range(3)
+    ]
+    inner = BatchProvider()
+    provider = ensure_sanitized(inner)
+    assert provider is not inner and provider.batches_natively
+    outcome = resolve_references(provider, groups, timeout=5)
+    assert len(inner.batches) == 1 and len(inner.batches[0]) == 3  # one native batch call for the step
+    assert all(secret not in seen for seen in inner.batches[0])
+    assert [r is not None for r in outcome.references] == [True, True, False]
+    assert outcome.failures == outcome.errors == 1

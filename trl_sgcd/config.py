@@ -89,9 +89,10 @@ class SGCDConfig(GRPOConfig):
 
         provider_max_concurrency (`int`, *optional*, defaults to `16`):
             Maximum number of provider calls in flight during one step.
-        provider_timeout (`float`, *optional*, defaults to `300.0`):
+        provider_timeout (`float`, *optional*, defaults to `600.0`):
             Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`). A safety net above
-            the provider's own timeout and retries (`LiteLLMCreditReference` defaults to 60 s and 3 retries).
+            the provider's own timeouts, retries and queueing (`LiteLLMCreditReference`: 60 s per attempt, 3
+            retries, at most 8 calls in flight); lower it together with those.
         reference_position (`str`, *optional*, defaults to `"system"`):
             Where the credit reference goes in the teacher prompt: appended to the system message (created if
             absent) or to the last user message (`"user"`).
@@ -149,7 +150,7 @@ class SGCDConfig(GRPOConfig):
     )
     max_resample_rounds: int = field(default=3, metadata={"help": "Extra generation rounds per step."})
     provider_max_concurrency: int = field(default=16, metadata={"help": "Maximum provider calls in flight."})
-    provider_timeout: float = field(default=300.0, metadata={"help": "Seconds before a provider call fails."})
+    provider_timeout: float = field(default=600.0, metadata={"help": "Seconds before a provider call fails."})
     reference_position: str = field(
         default="system",
         metadata={"help": "Where the reference goes in the teacher prompt.", "choices": list(REFERENCE_POSITIONS)},

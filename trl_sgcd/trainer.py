@@ -345,7 +345,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 "provider/errors": outcome.errors,
                 "provider/empty": outcome.empty,
                 "provider/latency_s": outcome.latency_s,
-                **{f"provider/{k}": float(v) for k, v in extra.items()},
+                **{f"provider_metrics/{k}": float(v) for k, v in extra.items()},
             }
             payload = [contexts, stats]
         broadcast_object_list(payload, from_process=0)
@@ -728,7 +728,12 @@ class SGCDGRPOTrainer(GRPOTrainer):
                     "success": rollouts.success(row),
                     "advantage": float(adv) if adv.numel() else 0.0,
                     "sequence_advantage": float(sequence_advantages[i]),
-                    "metadata": rollouts.metadata[row] if rollouts.metadata else {},
+                    # Answer literals stay out of the dump: they are exactly what the sanitizer keeps from providers.
+                    "metadata": {
+                        k: v
+                        for k, v in (rollouts.metadata[row] if rollouts.metadata else {}).items()
+                        if k != "answer_literals"
+                    },
                     "messages": rollouts.completions[row],
                     "tokens": [self._tokenizer.decode([t]) for t in ids],
                     "weights": weights[i][:length].tolist(),

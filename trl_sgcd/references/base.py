@@ -43,6 +43,11 @@ class CreditReferenceProvider:
     async def abuild_many(self, groups: Sequence[SiblingGroup]) -> list[ProviderReturn | BaseException]:
         return await asyncio.gather(*(self.abuild(g) for g in groups), return_exceptions=True)
 
+    @property
+    def batches_natively(self) -> bool:
+        """Whether `abuild_many` is overridden (a native batch API); the trainer then bounds the batch as a whole."""
+        return type(self).abuild_many is not CreditReferenceProvider.abuild_many
+
     def build(self, group: SiblingGroup) -> ProviderReturn:
         """Synchronous convenience wrapper around `abuild` (safe inside a running event loop, e.g. a notebook)."""
         return run_sync(self.abuild(group))
@@ -112,7 +117,7 @@ async def aresolve_references(
         return outcome
     sem = asyncio.Semaphore(max(1, max_concurrency))
     start = time.perf_counter()
-    if type(provider).abuild_many is not CreditReferenceProvider.abuild_many:
+    if provider.batches_natively:
         # The provider batches natively; bound the whole batch instead of each call.
         total_timeout = None if timeout is None else timeout * max(1, -(-len(groups) // max(1, max_concurrency)))
         try:

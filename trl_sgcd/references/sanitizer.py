@@ -720,6 +720,27 @@ class SanitizingProvider(CreditReferenceProvider):
         reference, _ = finalize_reference(reference, group, sanitized, self.sanitizer, self.max_reference_chars)
         return reference
 
+    @property
+    def batches_natively(self) -> bool:
+        return self.provider.batches_natively
+
+    async def abuild_many(self, groups):
+        if not self.provider.batches_natively:
+            return await super().abuild_many(groups)
+        sanitized = [self.sanitizer.sanitize(group) for group in groups]
+        self._hits += sum(s.total for s in sanitized)
+        results = await self.provider.abuild_many([s.group for s in sanitized])
+        finalized: list = []
+        for group, clean, result in zip(groups, sanitized, results, strict=True):
+            try:
+                reference = result if isinstance(result, BaseException) else CreditReference.coerce(result)
+            except TypeError as exc:
+                reference = exc
+            if isinstance(reference, CreditReference):
+                reference = finalize_reference(reference, group, clean, self.sanitizer, self.max_reference_chars)[0]
+            finalized.append(reference)
+        return finalized
+
     def pop_metrics(self) -> dict[str, float]:
         metrics = dict(self.provider.pop_metrics())
         metrics["sanitizer_hits"] = metrics.get("sanitizer_hits", 0.0) + float(self._hits)

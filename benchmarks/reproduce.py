@@ -1,0 +1,350 @@
+"""A CPU-scale miniature of the paper's comparisons on the built-in offline airline environment.
+
+    python benchmarks/reproduce.py                 # full run (about an hour on 2 CPU cores), writes docs/results.md
+    python benchmarks/reproduce.py --quick         # the whole pipeline with minimal budgets (a CI smoke test)
+
+1. Warm start: a tiny locally built model, SFT on the scripted expert's conversations (the paper's τ³ SFT start).
+   Held-out greedy pass@1 and per-category success are reported for it.
+2. From that checkpoint, every mode (`off` = matched GRPO with the same dynamic sampling, `sgcd`, `uniform`,
+   `sibling_context`, `direct_sd`, `sdpo`) trains for the same number of steps and samples, for several seeds. The
+   credit reference is the LLM-free `ContrastCreditReference` (no API key on this machine).
+3. Reported per mode: held-out greedy pass@1 (mean over seeds and a 95% t-interval), success on action vs
+   information-only tasks, the zero-tool audit over training, and *credit precision*: the share of the extra weight
+   `W - 1` that lands on the tokens where a failed sibling first leaves the expert's path (known exactly in this
+   environment, `first_deviation`), against the share those tokens have of all credit-eligible tokens.
+
+Results go to `--out` (JSON per run, `summary.json`, PNG plots) and, unless `--no_docs`, to `docs/results.md`.
+A tiny model on a toy environment is not the paper's setting: read the numbers as a check of the mechanism, not as
+a replication of its effect sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODES = ["off", "sgcd", "uniform", "sibling_context", "direct_sd", "sdpo"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/reproduce")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--modes", nargs="+", default=MODES)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--sft_examples", type=int, default=512)
+    parser.add_argument("--sft_epochs", type=float, default=6.0)
+    parser.add_argument("--eval_tasks", type=int, default=40)
+    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--no_docs", action="store_true", help="do not write docs/results.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.sft_examples, args.sft_epochs, args.eval_tasks = [0], 1, 32, 1.0, 6
+        args.modes = [m for m in args.modes if m in ("off", "sgcd")] or args.modes[:1]
+        args.no_docs = True
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- credit precision
+
+
+def deviation_token_mask(record: dict) -> list[int] | None:
+    """Tokens of a failed rollout's first deviation: its first off-path tool call, or its premature final answer.
+
+    Returns `None` for rollouts that are not failures, have no known deviation, or whose tokens cannot be aligned.
+    """
+    from trl_sgcd.envs.offline_airline import completion_tool_calls, first_deviation, task_from_id
+
+    task_id = record.get("metadata", {}).get("task_id")
+    if record["success"] or task_id is None:
+        return None
+    calls = completion_tool_calls(record["messages"])
+    index = first_deviation(task_from_id(task_id), calls)
+    if index is None:
+        return None
+    tokens, assistant = record["tokens"], record["assistant_mask"]
+    mask = [0] * len(tokens)
+    if index < len(calls):
+        opens = [t for t, tok in enumerate(tokens) if tok == "<tool_call>"]
+        if index >= len(opens):
+            return None
+        start = opens[index]
+        end = next((t for t in range(start, len(tokens)) if tokens[t] == "</tool_call>"), len(tokens) - 1)
+        for t in range(start, end + 1):
+            mask[t] = assistant[t]
+    else:  # stopped early: the deviation is the final answer, the last run of assistant tokens
+        t = len(tokens) - 1
+        while t >= 0 and not assistant[t]:
+            t -= 1
+        while t >= 0 and assistant[t]:
+            mask[t] = 1
+            t -= 1
+    return mask if any(mask) else None
+
+
+def credit_precision(dump_dir: Path) -> dict[str, float]:
+    """Extra weight on deviation tokens of failed rollouts, against their share of credit tokens."""
+    extra_on_dev = extra_total = dev_tokens = credit_tokens = 0.0
+    rollouts = 0
+    for path in sorted(dump_dir.glob("step_*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["reference"] is None or record["success"]:
+                continue
+            mask = deviation_token_mask(record)
+            if mask is None:
+                continue
+            rollouts += 1
+            for w, c, dev in zip(record["weights"], record["credit_mask"], mask, strict=True):
+                if not c:
+                    continue
+                credit_tokens += 1
+                extra_total += w - 1.0
+                if dev:
+                    dev_tokens += 1
+                    extra_on_dev += w - 1.0
+    share = dev_tokens / credit_tokens if credit_tokens else float("nan")
+    precision = extra_on_dev / extra_total if extra_total > 0 else float("nan")
+    return {
+        "credit_precision": precision,
+        "deviation_token_share": share,
+        "precision_lift": precision / share if share and precision == precision else float("nan"),
+        "failed_rollouts_scored": rollouts,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def evaluate_checkpoint(path: str, num_tasks: int) -> dict:
+    from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
+    from trl_sgcd.eval import TransformersPolicy, evaluate
+
+    policy = TransformersPolicy.from_pretrained(path, max_new_tokens=160)
+    result = evaluate(
+        policy, OfflineAirlineEnv, make_dataset("test", n=num_tasks, seed=0), reward_funcs=offline_airline_reward
+    )
+    return {"metrics": result.metrics, "categories": result.categories}
+
+
+def train_mode(sft: str, mode: str, seed: int, args, out: Path) -> dict:
+    from transformers import PrinterCallback
+
+    from trl_sgcd import ContrastCreditReference, SGCDConfig, SGCDGRPOTrainer
+    from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
+
+    run_dir = out / f"{mode}-seed{seed}"
+    config = SGCDConfig(
+        output_dir=str(run_dir),
+        credit_mode=mode,
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_completion_length=192,
+        max_tool_calling_iterations=4,
+        temperature=1.0,
+        learning_rate=args.learning_rate,
+        max_steps=args.steps,
+        max_resample_rounds=2,
+        credit_log_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        seed=seed,
+    )
+    trainer = SGCDGRPOTrainer(
+        model=sft,
+        reward_funcs=offline_airline_reward,
+        args=config,
+        train_dataset=make_dataset("train", n=512, seed=0),
+        environment_factory=OfflineAirlineEnv,
+        credit_reference=ContrastCreditReference(),
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    train_minutes = (time.perf_counter() - start) / 60
+    trainer.save_model(str(run_dir / "final"))
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    result = {
+        "mode": mode,
+        "seed": seed,
+        "train_minutes": train_minutes,
+        "curve": {
+            key: [h.get(key) for h in logs]
+            for key in (
+                "reward",
+                "sgcd/groups/mixed_frac",
+                "sgcd/tools/tool_calls_per_success",
+                "sgcd/tools/zero_tool_success_frac",
+                "sgcd/weights/mean",
+                "sgcd/advantage_inflation",
+            )
+        },
+        "eval": evaluate_checkpoint(str(run_dir / "final"), args.eval_tasks),
+    }
+    result.update(credit_precision(run_dir / "sgcd_credit"))
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _mean_ci(values: list[float]) -> str:
+    from trl_sgcd.eval import mean_ci95
+
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    ci = mean_ci95(values)
+    if len(values) == 1:
+        return f"{ci.mean:.3f}"
+    return f"{ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
+    rows, summary = [], {"warm_start": warm, "modes": {}}
+    header = (
+        "| mode | pass@1 (95% CI over seeds) | action | information | zero-tool success share (last 5 steps) "
+        "| tool calls / success | credit precision | deviation-token share | lift |"
+    )
+    rows.append(header)
+    rows.append("|" + "---|" * 9)
+    for mode in MODES:
+        runs = [r for r in results if r["mode"] == mode]
+        if not runs:
+            continue
+
+        def cat(run, name):
+            return run["eval"]["categories"].get(name, {}).get("success", float("nan"))
+
+        def late(run, key):
+            values = [v for v in run["curve"][key][-5:] if v is not None]
+            return statistics.mean(values) if values else float("nan")
+
+        entry = {
+            "pass@1": [r["eval"]["metrics"]["pass@1"] for r in runs],
+            "action": [cat(r, "action") for r in runs],
+            "information": [cat(r, "information") for r in runs],
+            "zero_tool_success_frac": [late(r, "sgcd/tools/zero_tool_success_frac") for r in runs],
+            "tool_calls_per_success": [late(r, "sgcd/tools/tool_calls_per_success") for r in runs],
+            "credit_precision": [r["credit_precision"] for r in runs],
+            "deviation_token_share": [r["deviation_token_share"] for r in runs],
+            "precision_lift": [r["precision_lift"] for r in runs],
+        }
+        summary["modes"][mode] = entry
+        rows.append(
+            f"| `{mode}` | {_mean_ci(entry['pass@1'])} | {_mean_ci(entry['action'])} | "
+            f"{_mean_ci(entry['information'])} | {_mean_ci(entry['zero_tool_success_frac'])} | "
+            f"{_mean_ci(entry['tool_calls_per_success'])} | {_mean_ci(entry['credit_precision'])} | "
+            f"{_mean_ci(entry['deviation_token_share'])} | {_mean_ci(entry['precision_lift'])} |"
+        )
+    return "\n".join(rows), summary
+
+
+def plot(results: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, title in zip(
+        axes,
+        ("reward", "sgcd/tools/zero_tool_success_frac", "sgcd/tools/tool_calls_per_success"),
+        ("training reward (all sampled rollouts)", "zero-tool share of successes", "tool calls per success"),
+        strict=True,
+    ):
+        for mode in MODES:
+            runs = [r for r in results if r["mode"] == mode]
+            if not runs:
+                continue
+            length = min(len(r["curve"][key]) for r in runs)
+            mean = [
+                statistics.mean(v for v in (r["curve"][key][i] for r in runs) if v is not None) for i in range(length)
+            ]
+            ax.plot(range(1, length + 1), mean, label=mode)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    paths.append(out / "training_curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    modes = [
+        m for m in MODES if any(r["mode"] == m and r["credit_precision"] == r["credit_precision"] for r in results)
+    ]
+    precision = [statistics.mean(r["credit_precision"] for r in results if r["mode"] == m) for m in modes]
+    share = [statistics.mean(r["deviation_token_share"] for r in results if r["mode"] == m) for m in modes]
+    x = range(len(modes))
+    ax.bar([i - 0.2 for i in x], precision, width=0.4, label="share of extra weight W-1 on deviation tokens")
+    ax.bar([i + 0.2 for i in x], share, width=0.4, label="share of credit tokens that are deviation tokens")
+    ax.set_xticks(list(x), modes)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("credit precision (failed rollouts)")
+    fig.tight_layout()
+    paths.append(out / "credit_precision.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    from trl_sgcd.warm_start import offline_airline_base_model, sft_warm_start
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    sft = out / "sft"
+    if not (sft / "config.json").exists():
+        base = offline_airline_base_model(out / "base")
+        sft_warm_start(base, sft, num_examples=args.sft_examples, num_epochs=args.sft_epochs)
+    sft_minutes = (time.perf_counter() - start) / 60
+    warm = evaluate_checkpoint(str(sft), args.eval_tasks)
+    print(f"warm start: pass@1 {warm['metrics']['pass@1']:.3f} ({sft_minutes:.1f} min)", flush=True)
+
+    results = []
+    for seed in args.seeds:
+        for mode in args.modes:
+            result = train_mode(str(sft), mode, seed, args, out)
+            results.append(result)
+            print(
+                f"{mode:16s} seed {seed}: pass@1 {result['eval']['metrics']['pass@1']:.3f}, "
+                f"credit precision {result['credit_precision']:.3f} (deviation share "
+                f"{result['deviation_token_share']:.3f}), {result['train_minutes']:.1f} min",
+                flush=True,
+            )
+    table, summary = summarize(results, warm)
+    summary["total_minutes"] = (time.perf_counter() - start) / 60
+    summary["args"] = vars(args)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    plots = plot(results, out)
+    print(table)
+    print(f"total {summary['total_minutes']:.1f} min; plots: {[str(p) for p in plots]}")
+    return {"summary": summary, "table": table, "plots": plots, "results": results}
+
+
+if __name__ == "__main__":
+    main()
