@@ -44,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--sft_examples", type=int, default=512)
-    parser.add_argument("--sft_epochs", type=float, default=6.0)
+    parser.add_argument("--sft_epochs", type=float, default=8.0)
     parser.add_argument("--eval_tasks", type=int, default=40)
-    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--no_docs", action="store_true", help="do not write docs/results.md")
     args = parser.parse_args(argv)
     if args.quick:

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/quickstart")
     parser.add_argument("--quick", action="store_true", help="minimal budgets (a smoke test, about a minute)")
     parser.add_argument("--sft_examples", type=int, default=512)
-    parser.add_argument("--sft_epochs", type=float, default=6.0)
+    parser.add_argument("--sft_epochs", type=float, default=8.0)
     parser.add_argument("--rl_steps", type=int, default=30)
     parser.add_argument("--eval_tasks", type=int, default=40)
     parser.add_argument("--credit_mode", default="sgcd", help="sgcd, off, uniform, sibling_context, direct_sd, sdpo")
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
         max_completion_length=192,
         max_tool_calling_iterations=4,
         temperature=1.0,
-        learning_rate=2e-5,
+        learning_rate=1e-4,
         max_steps=args.rl_steps,
         max_resample_rounds=2,
         logging_steps=1,

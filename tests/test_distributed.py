@@ -49,11 +49,13 @@ def test_two_processes_see_the_same_groups_and_call_the_provider_once_per_group(
         assert s0["num_items_in_batch"] == s1["num_items_in_batch"]
         # Group 1 holds global rows 2 and 3, i.e. one row on each rank.
         assert len(s0["global_groups"]) == 6
-    # Provider: called by the main process only, once per mixed group per step.
+    # Provider: called by the main process only, once per mixed group sampled (prefetching calls every mixed group of
+    # every round, so a group that did not make the batch was still called once, never twice).
     lines = (tmp_path / "provider_calls.txt").read_text().splitlines()
     main_pid = next(r["pid"] for r in reports if r["is_main"])
     assert lines and all(line.split("\t")[0] == str(main_pid) for line in lines)
-    assert len(lines) == sum(len(s["mixed"]) for s in r0["seen"])
+    assert len(lines) >= sum(len(s["mixed"]) for s in r0["seen"])
     assert sum(h["sgcd/provider/calls"] for h in r0["logs"]) == len(lines)
+    assert sum(h["sgcd/provider/calls"] for h in r1["logs"]) == len(lines)  # the counters are broadcast
     # DDP kept the replicas in sync.
     assert r0["all_checksums"] == r1["all_checksums"] and r0["checksum"] == pytest.approx(r1["checksum"])

@@ -9,7 +9,6 @@ e-mail address, a password, an API key); the provider must only ever see them ma
 from pathlib import Path
 
 from datasets import Dataset
-
 from test_tools_and_rollouts import ScriptedToolTrainer, final_answer_parity
 from test_trainer import _args
 

@@ -413,3 +413,56 @@ def test_shared_prefix_scoring_matches_full_scoring(tiny_model_path, tmp_path):
     assert shared["divergence"].abs().sum() > 0
     # The shared path processes each prefix once per unit instead of once per row.
     assert shared["teacher_tokens"] < full["teacher_tokens"]
+
+
+def test_prefetched_references_overlap_generation_and_map_to_their_groups(tiny_model_path, tmp_path):
+    """With dynamic sampling, a round's provider calls start before the next round finishes generating."""
+    calls = []
+
+    def slow_provider(group):
+        calls.append(("call", time.perf_counter()))
+        time.sleep(0.3)
+        return f"REF for <{group.task_text}>"
+
+    def sparse_reward(prompts, completions, **kwargs):
+        # Only prompts with an even flight number can be mixed: rounds often need resampling.
+        return [
+            float(len(c[0]["content"]) % 2 == 0) if int(p[-1]["content"].split("F")[1].split()[0]) % 2 == 0 else 0.0
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=sparse_reward,
+        args=_args(tmp_path, max_resample_rounds=3, max_steps=3, seed=1),
+        train_dataset=_dataset(),
+        credit_reference=slow_provider,
+    )
+    rounds_done = []
+    original_gather = trainer._gather_rollouts
+
+    def spy_gather():
+        rollouts = original_gather()
+        rounds_done.append(time.perf_counter())
+        return rollouts
+
+    trainer._gather_rollouts = spy_gather
+    checked = []
+    original_contexts = trainer._teacher_contexts
+
+    def spy_contexts(rollouts):
+        contexts = original_contexts(rollouts)
+        for g in rollouts.mixed_groups():
+            if contexts[g] is not None:
+                assert f"<{rollouts.sibling_group(g).task_text}>" in contexts[g].text  # the group's own reference
+                checked.append(g)
+        return contexts
+
+    trainer._teacher_contexts = spy_contexts
+    trainer.train()
+    assert checked
+    logs = [h for h in trainer.state.log_history if "sgcd/sampling/rounds" in h]
+    assert any(h["sgcd/sampling/rounds"] >= 2 for h in logs), "the seed must produce a resampling round"
+    # A round finished generating after the first provider call had started: the calls overlapped generation.
+    first_call = min(t for _, t in calls)
+    assert any(done > first_call for done in rounds_done)

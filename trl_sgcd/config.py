@@ -93,6 +93,10 @@ class SGCDConfig(GRPOConfig):
             Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`). A safety net above
             the provider's own timeouts, retries and queueing (`LiteLLMCreditReference`: 60 s per attempt, 3
             retries, at most 8 calls in flight); lower it together with those.
+        prefetch_references (`bool`, *optional*, defaults to `True`):
+            With dynamic sampling, start each round's provider calls as soon as its mixed groups are known, so they
+            run while the next rounds generate. Without dynamic sampling there is nothing to overlap with (TRL
+            computes rewards and log-probabilities before the trainer sees the batch) and the calls run in place.
         reference_position (`str`, *optional*, defaults to `"system"`):
             Where the credit reference goes in the teacher prompt: appended to the system message (created if
             absent) or to the last user message (`"user"`).
@@ -151,6 +155,9 @@ class SGCDConfig(GRPOConfig):
     max_resample_rounds: int = field(default=3, metadata={"help": "Extra generation rounds per step."})
     provider_max_concurrency: int = field(default=16, metadata={"help": "Maximum provider calls in flight."})
     provider_timeout: float = field(default=600.0, metadata={"help": "Seconds before a provider call fails."})
+    prefetch_references: bool = field(
+        default=True, metadata={"help": "Overlap provider calls with the next dynamic-sampling rounds."}
+    )
     reference_position: str = field(
         default="system",
         metadata={"help": "Where the reference goes in the teacher prompt.", "choices": list(REFERENCE_POSITIONS)},

@@ -23,6 +23,7 @@ import os
 import textwrap
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from .credit import (
 )
 from .diagnostics import ValidityGuard, credit_statistics, logger
 from .references import ContrastCreditReference, SiblingContextReference, ensure_sanitized
-from .references.base import resolve_references
+from .references.base import ProviderOutcome, resolve_references
 from .sampling import GlobalRollouts, pad_to_width, plan_refill, tool_audit
 from .siblings import CreditReference
 from .teacher_context import insert_reference, literal_token_mask
@@ -135,6 +136,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._sibling_context = SiblingContextReference(max_chars=config.sibling_context_max_chars)
         self._guard = ValidityGuard(config.inert_warning_steps)
         self._stash: dict[str, Any] | None = None
+        self._prefetched: tuple[dict[int, tuple[Future, int]], list[Future]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._aux_sampler_iter = None
         self._aux_epoch = 0
         self._totals: dict[str, float] = defaultdict(float)
@@ -274,10 +277,19 @@ class SGCDGRPOTrainer(GRPOTrainer):
         rounds: list[tuple[dict[str, torch.Tensor], GlobalRollouts]] = []
         candidates: list[tuple[int, int, bool]] = []
         batch = inputs
+        prefetched: dict[tuple[int, int], tuple[Future, int]] = {}
+        futures: list[Future] = []
         for round_index in range(self.args.max_resample_rounds + 1):
             with self._timed("generation"):
                 output = super()._generate_and_score_completions(batch)
             rollouts = self._gather_rollouts()
+            if self.args.prefetch_references and self.args.credit_mode != "off" and self.accelerator.is_main_process:
+                # Start this round's provider calls now: they overlap with the next rounds' generation.
+                mixed = rollouts.mixed_groups()
+                if mixed:
+                    future = self._provider_pool().submit(self._resolve, [rollouts.sibling_group(g) for g in mixed])
+                    futures.append(future)
+                    prefetched.update({(round_index, g): (future, i) for i, g in enumerate(mixed)})
             rounds.append((self._gather_output(output, local_rows), rollouts))
             candidates.extend((round_index, g, rollouts.is_mixed(g)) for g in range(rollouts.num_groups))
             if sum(mixed for _, _, mixed in candidates) >= target_groups:
@@ -285,6 +297,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
             if round_index < self.args.max_resample_rounds:
                 batch = self._next_local_batch(local_rows)
         chosen, filled = plan_refill(candidates, target_groups)
+        if futures:
+            self._prefetched = ({j: prefetched[key] for j, key in enumerate(chosen) if key in prefetched}, futures)
 
         # Assemble the chosen groups into one global batch, re-padding each field to a common width.
         device = self.accelerator.device
@@ -323,20 +337,20 @@ class SGCDGRPOTrainer(GRPOTrainer):
         payload: list[Any] = [None, None]
         if self.accelerator.is_main_process:
             contexts: list[CreditReference | None] = [None] * rollouts.num_groups
-            groups = [rollouts.sibling_group(g) for g in mixed]
-            # `sibling_context` and `sdpo` use the raw (sanitized) successful trace instead of a summary.
             uses_sibling = self.args.credit_mode in ("sibling_context", "sdpo")
-            provider = self._sibling_context if uses_sibling else self.credit_reference
-            outcome = resolve_references(
-                provider,
-                groups,
-                max_concurrency=self.args.provider_max_concurrency,
-                timeout=self.args.provider_timeout,
-            )
-            extra = provider.pop_metrics()
+            if self._prefetched is not None:
+                by_group, futures = self._prefetched
+                self._prefetched = None
+                # Wait for every call made this step (also for groups that did not make the batch: they cost too).
+                outcome = ProviderOutcome.merge([future.result() for future in futures])
+                references = [by_group[g][0].result().references[by_group[g][1]] for g in mixed]
+            else:
+                outcome = self._resolve([rollouts.sibling_group(g) for g in mixed])
+                references = outcome.references
+            extra = (self._sibling_context if uses_sibling else self.credit_reference).pop_metrics()
             for message in outcome.error_messages[:3]:
                 logger.warning("[SGCD] credit-reference provider failed for a group (W = 1): %s", message)
-            for g, ref in zip(mixed, outcome.references, strict=True):
+            for g, ref in zip(mixed, references, strict=True):
                 contexts[g] = ref
             stats = {
                 "provider/calls": 0 if uses_sibling else outcome.calls,
@@ -359,6 +373,19 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._log("reference/groups_with_reference", len(with_ref))
         self._log("reference/chars_mean", sum(len(c.text) for c in with_ref) / max(1, len(with_ref)))
         return contexts
+
+    def _resolve(self, groups: list) -> ProviderOutcome:
+        """Provider calls for `groups` (main process only); `sibling_context`/`sdpo` use the raw successful trace."""
+        uses_sibling = self.args.credit_mode in ("sibling_context", "sdpo")
+        provider = self._sibling_context if uses_sibling else self.credit_reference
+        return resolve_references(
+            provider, groups, max_concurrency=self.args.provider_max_concurrency, timeout=self.args.provider_timeout
+        )
+
+    def _provider_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sgcd-provider")
+        return self._executor
 
     def _reference_block(self, reference: CreditReference) -> str:
         """The reference wrapped for the teacher prompt, truncated to `max_reference_tokens` policy tokens."""

@@ -39,9 +39,9 @@ def offline_airline_base_model(
 def sft_warm_start(
     model_path: str,
     output_dir: str | os.PathLike,
-    num_examples: int = 256,
-    num_epochs: float = 3.0,
-    learning_rate: float = 3e-3,
+    num_examples: int = 512,
+    num_epochs: float = 8.0,
+    learning_rate: float = 5e-3,
     batch_size: int = 8,
     seed: int = 0,
     show_progress: bool = False,

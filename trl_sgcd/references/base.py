@@ -99,6 +99,20 @@ class ProviderOutcome:
     latency_s: float = 0.0
     error_messages: list[str] = field(default_factory=list)
 
+    @classmethod
+    def merge(cls, outcomes: Sequence[ProviderOutcome]) -> ProviderOutcome:
+        """Counters summed over several batches of calls; `latency_s` is the longest batch's."""
+        return cls(
+            references=[r for o in outcomes for r in o.references],
+            calls=sum(o.calls for o in outcomes),
+            failures=sum(o.failures for o in outcomes),
+            timeouts=sum(o.timeouts for o in outcomes),
+            errors=sum(o.errors for o in outcomes),
+            empty=sum(o.empty for o in outcomes),
+            latency_s=max((o.latency_s for o in outcomes), default=0.0),
+            error_messages=[m for o in outcomes for m in o.error_messages],
+        )
+
 
 async def _bounded(coro: Awaitable[T], sem: asyncio.Semaphore, timeout: float | None) -> T:
     async with sem:
