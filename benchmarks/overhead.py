@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-tokens", type=int, default=256)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary budget of the tokenizer")
+    parser.add_argument(
+        "--model-vocab-size", type=int, default=None, help="LM-head size, e.g. 151936 for a Qwen-sized vocabulary"
+    )
+    parser.add_argument("--out-json", default=None, help="also write the results as JSON to this path")
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--steps", type=int, default=13)
     parser.add_argument("--warmup", type=int, default=3)
@@ -193,6 +198,7 @@ def main() -> None:
         args.model = make_tiny_model(
             os.path.join(tempfile.mkdtemp(prefix="sgcd-overhead-"), "model"),
             vocab_size=args.vocab_size,
+            model_vocab_size=args.model_vocab_size,
             hidden_size=args.hidden_size,
             num_hidden_layers=args.num_layers,
             num_attention_heads=max(1, args.hidden_size // 16),
@@ -211,6 +217,9 @@ def main() -> None:
             sys.exit(f"the {arm} arm failed:\n{child.stderr[-3000:]}")
         results[arm] = json.loads(lines[-1][len("RESULT ") :])
         r = results[arm]
+        print(f"{arm} per-step breakdown (s): " + " ".join(r["breakdown"][0]))
+        for i, row in enumerate(r["breakdown"]):
+            print(f"  step {i + args.warmup + 1:3d}: " + " ".join(f"{v:8.3f}" for v in row.values()))
         line = (
             f"{arm}: median step {r['step']:.3f}s over {r['steps']} steps, peak memory +{r['memory'] / 2**20:.1f} MiB"
         )
@@ -223,6 +232,9 @@ def main() -> None:
     ideal = args.reference_tokens + results["sgcd"]["prompt_tokens"] + args.num_generations * args.completion_length
     step_ratio = results["sgcd"]["step"] / results["grpo"]["step"]
     memory_ratio = results["sgcd"]["memory"] / max(1, results["grpo"]["memory"])
+    if args.out_json:
+        summary = {"args": vars(args), "step_time_ratio": step_ratio, "peak_memory_ratio": memory_ratio, **results}
+        Path(args.out_json).write_text(json.dumps(summary, indent=1))
     print(
         f"step_time_ratio={step_ratio:.3f} peak_memory_ratio={memory_ratio:.3f} "
         f"teacher_tokens_per_group={results['sgcd']['teacher_tokens_per_group']:.0f} (shared-prefix ideal {ideal})"

@@ -113,6 +113,9 @@ class SGCDConfig(GRPOConfig):
             Coefficient `λ` of the auxiliary distillation loss in `direct_sd` mode.
         credit_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rows per teacher/student scoring forward; `None` uses `per_device_train_batch_size`.
+        credit_token_chunk (`int`, *optional*, defaults to `64`):
+            Positions whose teacher and student logits are formed at once from the final hidden states (the LM head is
+            applied in chunks), bounding the scoring memory at `O(credit_token_chunk · V)` instead of `O(B · T · V)`.
         credit_shared_prefix (`bool`, *optional*, defaults to `True`):
             Score the prompt prefix shared by a group's siblings once (teacher and student pass alike) and reuse its
             KV cache for every sibling's completion: `P + n·T` tokens per pass instead of `n·(P + T)`. Set `False`
@@ -171,6 +174,7 @@ class SGCDConfig(GRPOConfig):
     )
     direct_sd_coef: float = field(default=0.1, metadata={"help": "λ of the direct_sd auxiliary loss."})
     credit_batch_size: int | None = field(default=None, metadata={"help": "Rows per scoring forward."})
+    credit_token_chunk: int = field(default=64, metadata={"help": "Positions per chunk of scoring logits."})
     credit_shared_prefix: bool = field(
         default=True, metadata={"help": "Score the siblings' shared prompt prefix once and reuse its KV cache."}
     )
@@ -204,6 +208,8 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"max_reference_tokens must be >= 1, got {self.max_reference_tokens}.")
         if self.direct_sd_coef < 0:
             raise ValueError(f"direct_sd_coef must be >= 0, got {self.direct_sd_coef}.")
+        if self.credit_token_chunk < 1:
+            raise ValueError(f"credit_token_chunk must be >= 1, got {self.credit_token_chunk}.")
         if self.credit_log_steps < 0:
             raise ValueError(f"credit_log_steps must be >= 0, got {self.credit_log_steps}.")
         if self.credit_batch_size is not None and self.credit_batch_size < 1:

@@ -102,6 +102,7 @@ def make_tiny_model(
     seed: int = 0,
     split_on_whitespace: bool = True,
     max_token_length: int | None = None,
+    model_vocab_size: int | None = None,
 ) -> str:
     """Builds and saves a random-weight Qwen3 causal LM with a locally trained tokenizer.
 
@@ -113,6 +114,8 @@ def make_tiny_model(
         max_position_embeddings: context length of the config.
         seed: seed for the synthetic corpus and the weight initialisation.
         split_on_whitespace, max_token_length: tokenizer options, see `build_tokenizer`.
+        model_vocab_size: output vocabulary of the model when larger than the tokenizer's (e.g. 151936 to measure
+            the cost of a Qwen-sized LM head and softmax; the extra ids are never produced by the tokenizer).
 
     Returns:
         The path of the saved model, usable anywhere a Hub model id is (`AutoModelForCausalLM.from_pretrained`,
@@ -130,7 +133,7 @@ def make_tiny_model(
         max_token_length=max_token_length,
     )
     config = Qwen3Config(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), model_vocab_size or 0),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_hidden_layers,

@@ -138,6 +138,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._stash: dict[str, Any] | None = None
         self._prefetched: tuple[dict[int, tuple[Future, int]], list[Future]] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._stream_head: bool | None = None  # decided on the first scoring pass (`_check_stream_head`)
+        self._lm_head = None
         self._aux_sampler_iter = None
         self._aux_epoch = 0
         self._totals: dict[str, float] = defaultdict(float)
@@ -495,35 +497,74 @@ class SGCDGRPOTrainer(GRPOTrainer):
             units.setdefault(key, []).append(row)
         return [(key[0], rows) for key, rows in units.items()]
 
-    def _prefix_logits(self, prefix_ids, completion_ids, completion_mask, rows, width, cache=None):
-        """Logits predicting each completion token of `rows`, all sharing the unpadded prefix `prefix_ids`.
+    def _forward(self, **kwargs):
+        """One scoring forward: `(per-position outputs, KV cache)`.
+
+        The outputs are final hidden states when the LM head can be applied separately (`_head`), so the `(B, T, V)`
+        logits are only ever materialised for `credit_token_chunk` positions at a time; otherwise they are logits.
+        """
+        with self.accelerator.autocast():
+            if self._stream_head:
+                out = self.model(**kwargs, output_hidden_states=True, logits_to_keep=1)
+                return out.hidden_states[-1], out.past_key_values
+            out = self.model(**kwargs)
+        return out.logits, out.past_key_values
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of a chunk of positions from `_forward` outputs."""
+        if not self._stream_head:
+            return features
+        with self.accelerator.autocast():
+            return self._lm_head(features)
+
+    def _check_stream_head(self) -> None:
+        """Streams the LM head only where `lm_head(hidden_states[-1])` reproduces the model's logits exactly."""
+        self._stream_head = False
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        text_config = unwrapped.config.get_text_config()
+        head = unwrapped.get_output_embeddings()
+        scaled = any(
+            getattr(text_config, name, None) not in (None, 1.0)
+            for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "logits_scaling")
+        )
+        if head is None or scaled:
+            return
+        probe = torch.tensor([[self._tokenizer.pad_token_id] * 2], device=self.accelerator.device)
+        with self.accelerator.autocast():
+            out = self.model(input_ids=probe, output_hidden_states=True, use_cache=False)
+            streamed = head(out.hidden_states[-1])
+        self._lm_head = head
+        self._stream_head = torch.allclose(streamed.float(), out.logits.float(), rtol=1e-4, atol=1e-4)
+
+    def _prefix_features(self, prefix_ids, completion_ids, completion_mask, rows, cache=None):
+        """Per-position outputs predicting each completion token of `rows`, which share the prefix `prefix_ids`.
 
         With `credit_shared_prefix`, the prefix runs once per unit (pass the returned `cache` back in for the unit's
         next chunk of rows) and its KV cache is repeated for the rows: a unit of `n` siblings costs `P + n·T` tokens
         instead of `n·(P + T)`. Otherwise each row is scored in full.
 
-        Returns `(logits (k, T, V), tokens processed, cache)`.
+        Returns `(features (k, T, ·), tokens processed, cache)`; turn features into logits with `_head`.
         """
         device = self.accelerator.device
         comp, comp_mask = completion_ids[rows], completion_mask[rows]
         prefix = prefix_ids.unsqueeze(0).to(device)
+        width = comp.size(1)
         if not self.args.credit_shared_prefix:
             ids = torch.cat([prefix.expand(len(rows), -1), comp], 1)
             mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), comp_mask], 1)
-            return self._completion_logits(self.model, ids, mask, width), ids.numel(), None
+            features, _ = self._forward(input_ids=ids, attention_mask=mask, use_cache=False)
+            return features[:, -width - 1 : -1, :], ids.numel(), None
         tokens = comp.numel()
         if cache is None:
-            with self.accelerator.autocast():
-                out = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-            cache = (out.past_key_values, out.logits[:, -1:, :])
+            features, past = self._forward(input_ids=prefix, use_cache=True)
+            cache = (past, features[:, -1:, :])
             tokens += prefix.size(1)
         past = copy.deepcopy(cache[0])  # the forward below appends to the cache in place
         past.batch_repeat_interleave(len(rows))
         mask = torch.cat([torch.ones(len(rows), prefix.size(1), dtype=comp_mask.dtype, device=device), comp_mask], 1)
-        with self.accelerator.autocast():
-            out = self.model(input_ids=comp, attention_mask=mask, past_key_values=past, use_cache=True)
-        logits = torch.cat([cache[1].expand(len(rows), 1, -1), out.logits[:, :-1, :]], dim=1)
-        return logits, tokens, cache
+        features, _ = self._forward(input_ids=comp, attention_mask=mask, past_key_values=past, use_cache=True)
+        features = torch.cat([cache[1].expand(len(rows), 1, -1), features[:, :-1, :]], dim=1)
+        return features, tokens, cache
 
     def _score(self, output, rollouts, local_refs, contexts) -> dict[str, torch.Tensor]:
         """Teacher and student scoring passes over the local rows that have a teacher context.
@@ -584,6 +625,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
         t0 = time.perf_counter()
         teacher_tokens = student_tokens = forwards = 0
         with self._scoring_mode():
+            if self._stream_head is None:
+                self._check_stream_head()
             for unit, t_ids in zip(local_units, teacher_ids, strict=True):
                 student_prefix = prompt_ids[unit[0]][prompt_mask[unit[0]].bool()]
                 teacher_prefix = torch.as_tensor(t_ids, dtype=torch.long)
@@ -591,56 +634,69 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 for c in range(0, len(unit), chunk):
                     idx = unit[c : c + chunk]
                     with self._timed("teacher_pass"):
-                        teacher_logits, n_t, teacher_cache = self._prefix_logits(
-                            teacher_prefix, completion_ids, completion_mask, idx, width, teacher_cache
+                        teacher_features, n_t, teacher_cache = self._prefix_features(
+                            teacher_prefix, completion_ids, completion_mask, idx, teacher_cache
                         )
                     with self._timed("student_pass"):
-                        student_logits, n_s, student_cache = self._prefix_logits(
-                            student_prefix, completion_ids, completion_mask, idx, width, student_cache
+                        student_features, n_s, student_cache = self._prefix_features(
+                            student_prefix, completion_ids, completion_mask, idx, student_cache
                         )
                     teacher_tokens += n_t
                     student_tokens += n_s
                     with self._timed("credit_math"):
                         self._accumulate_features(
-                            result, idx, teacher_logits, student_logits, completion_ids, loss_mask
+                            result, idx, teacher_features, student_features, completion_ids, loss_mask
                         )
                 forwards += (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(unit) / chunk)
             pad = torch.full((1, 1), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
             for _ in range(target - forwards):  # keep collectives matched across ranks
                 for _pass in range(2):
-                    self._completion_logits(self.model, pad, torch.ones_like(pad), 1)
+                    self._forward(input_ids=pad, use_cache=False)
         result["time_s"] = torch.tensor(time.perf_counter() - t0)
         result["teacher_tokens"] = torch.tensor(teacher_tokens)
         result["student_tokens"] = torch.tensor(student_tokens)
         return result
 
-    def _accumulate_features(self, result, idx, teacher_logits, student_logits, completion_ids, loss_mask) -> None:
-        """Writes the credit features of rows `idx` into `result` (only at their assistant tokens)."""
+    def _accumulate_features(self, result, idx, teacher_features, student_features, completion_ids, loss_mask):
+        """Writes the credit features of rows `idx` into `result` (only at their assistant tokens).
+
+        Logits are formed `credit_token_chunk` positions at a time, so neither pass's `(B, T, V)` distribution is ever
+        held in full (float32 or otherwise) when the LM head is streamed.
+        """
         mode = self.args.credit_mode
         rows = torch.tensor(idx, device=completion_ids.device)
         sel = loss_mask[rows]
         observed = completion_ids[rows][sel]
-        dd, hh = teacher_divergence(
-            student_logits[sel],
-            teacher_logits[sel],
-            observed,
-            top_k=self.args.divergence_top_k,
-            divergence=self.args.divergence,
-            temperature=self.temperature,
-        )
-        values = {"divergence": dd, "entropy": hh}
-        if mode == "sdpo":
-            for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
-                logps = torch.log_softmax(logits[sel].float() / self.temperature, dim=-1)
-                values[name] = logps.gather(-1, observed.unsqueeze(-1)).squeeze(-1)
-        if mode == "direct_sd":
-            ids_k, q_k, keep_k = teacher_topk(
-                teacher_logits[sel], observed, self.args.divergence_top_k, self.temperature
+        teacher_sel, student_sel = teacher_features[sel], student_features[sel]
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        chunk = self.args.credit_token_chunk
+        for start in range(0, observed.numel(), chunk):
+            obs = observed[start : start + chunk]
+            teacher_logits = self._head(teacher_sel[start : start + chunk])
+            student_logits = self._head(student_sel[start : start + chunk])
+            dd, hh = teacher_divergence(
+                student_logits,
+                teacher_logits,
+                obs,
+                top_k=self.args.divergence_top_k,
+                divergence=self.args.divergence,
+                temperature=self.temperature,
+                chunk_size=chunk,
             )
-            values.update(sd_ids=ids_k, sd_q=q_k, sd_keep=keep_k)
-        for name, value in values.items():
+            parts["divergence"].append(dd)
+            parts["entropy"].append(hh)
+            if mode == "sdpo":
+                for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
+                    logps = torch.log_softmax(logits.float() / self.temperature, dim=-1)
+                    parts[name].append(logps.gather(-1, obs.unsqueeze(-1)).squeeze(-1))
+            if mode == "direct_sd":
+                ids_k, q_k, keep_k = teacher_topk(teacher_logits, obs, self.args.divergence_top_k, self.temperature)
+                parts["sd_ids"].append(ids_k)
+                parts["sd_q"].append(q_k)
+                parts["sd_keep"].append(keep_k)
+        for name, values in parts.items():
             block = result[name][rows]
-            block[sel] = value.to(block.dtype)
+            block[sel] = torch.cat(values).to(block.dtype)
             result[name][rows] = block
 
     def _direct_sd_loss(self, model, inputs) -> torch.Tensor:
