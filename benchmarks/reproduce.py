@@ -1,6 +1,6 @@
 """A CPU-scale miniature of the paper's comparisons on the built-in offline airline environment.
 
-    python benchmarks/reproduce.py                 # full run (about an hour on 2 CPU cores), writes docs/results.md
+    python benchmarks/reproduce.py                 # full run (about an hour on 2 CPU cores)
     python benchmarks/reproduce.py --quick         # the whole pipeline with minimal budgets (a CI smoke test)
 
 1. Warm start: a tiny locally built model, SFT on the scripted expert's conversations (the paper's τ³ SFT start).
@@ -13,7 +13,8 @@
    `W - 1` that lands on the tokens where a failed sibling first leaves the expert's path (known exactly in this
    environment, `first_deviation`), against the share those tokens have of all credit-eligible tokens.
 
-Results go to `--out` (JSON per run, `summary.json`, PNG plots) and, unless `--no_docs`, to `docs/results.md`.
+Results go to `--out`: a JSON file per run, `summary.json`, `results_table.md` and two PNG plots. `docs/results.md`
+reports a full run and reads it.
 A tiny model on a toy environment is not the paper's setting: read the numbers as a check of the mechanism, not as
 a replication of its effect sizes.
 """
@@ -47,12 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft_epochs", type=float, default=8.0)
     parser.add_argument("--eval_tasks", type=int, default=40)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--no_docs", action="store_true", help="do not write docs/results.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.sft_examples, args.sft_epochs, args.eval_tasks = [0], 1, 32, 1.0, 6
         args.modes = [m for m in args.modes if m in ("off", "sgcd")] or args.modes[:1]
-        args.no_docs = True
     return args
 
 
@@ -340,6 +339,7 @@ def main(argv=None) -> dict:
     summary["total_minutes"] = (time.perf_counter() - start) / 60
     summary["args"] = vars(args)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "results_table.md").write_text(table + "\n")
     plots = plot(results, out)
     print(table)
     print(f"total {summary['total_minutes']:.1f} min; plots: {[str(p) for p in plots]}")

@@ -1,0 +1,102 @@
+"""Benchmarks as smoke tests (tiny budgets) and the credit-precision metric on hand-made rollouts."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(tokens, assistant, weights, messages, success=False, task_id="cancel-7574884"):
+    return {
+        "success": success,
+        "reference": "some reference",
+        "metadata": {"task_id": task_id},
+        "messages": messages,
+        "tokens": tokens,
+        "assistant_mask": assistant,
+        "credit_mask": assistant,
+        "weights": weights,
+    }
+
+
+def _call(name, **arguments):
+    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": name,
+                                                                                               "arguments": arguments}}]}  # fmt: skip
+
+
+def test_credit_precision_counts_extra_weight_on_the_first_deviation(tmp_path):
+    reproduce = _load("reproduce")
+    # Task cancel-7574884: the expert reads r30, then cancels r30. This rollout reads r30, then cancels r31.
+    tokens = ["<tool_call>", "read", "r30", "</tool_call>", "obs", "obs", "<tool_call>", "cancel", "r31", "</tool_call>",
+              "obs", "done", "."]  # fmt: skip
+    assistant = [1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1]
+    messages = [
+        _call("get_reservation", reservation_id="r30"),
+        {"role": "tool", "name": "get_reservation", "content": "{}"},
+        _call("cancel_reservation", reservation_id="r31"),
+        {"role": "tool", "name": "cancel_reservation", "content": "{}"},
+        {"role": "assistant", "content": "done."},
+    ]
+    weights = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.5, 1.0]
+    record = _record(tokens, assistant, weights, messages)
+    assert reproduce.deviation_token_mask(record) == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]
+    dumps = tmp_path / "sgcd_credit"
+    dumps.mkdir()
+    successful = _record(tokens, assistant, [2.0] * 13, messages, success=True)  # successes are not scored
+    (dumps / "step_000001_rank0.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(successful) + "\n")
+    precision = reproduce.credit_precision(dumps)
+    assert precision["failed_rollouts_scored"] == 1
+    assert precision["credit_precision"] == pytest.approx(2.0 / 2.5)  # extra weight 1+1 of 2.5 on the deviation
+    assert precision["deviation_token_share"] == pytest.approx(4 / 10)
+    assert precision["precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)
+
+
+def test_premature_answer_is_the_deviation_when_every_call_was_on_path():
+    reproduce = _load("reproduce")
+    tokens = ["<tool_call>", "read", "</tool_call>", "obs", "I", "cancelled", "it"]
+    assistant = [1, 1, 1, 0, 1, 1, 1]
+    messages = [
+        _call("get_reservation", reservation_id="r30"),
+        {"role": "tool", "name": "get_reservation", "content": "{}"},
+        {"role": "assistant", "content": "I cancelled it"},
+    ]
+    record = _record(tokens, assistant, [1.0] * 7, messages)
+    assert reproduce.deviation_token_mask(record) == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_reproduce_quick_runs_the_whole_pipeline(tmp_path):
+    reproduce = _load("reproduce")
+    out = reproduce.main(["--quick", "--out", str(tmp_path)])
+    assert {r["mode"] for r in out["results"]} == {"off", "sgcd"}
+    assert all(0.0 <= r["eval"]["metrics"]["pass@1"] <= 1.0 for r in out["results"])
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "results_table.md").exists()
+    assert all(p.exists() and p.stat().st_size > 1000 for p in out["plots"])
+    assert "| `sgcd` |" in out["table"]
+
+
+def test_overhead_benchmark_prints_its_ratios(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--steps", "3", "--warmup", "1",
+         "--completion-length", "8", "--reference-tokens", "16", "--num-generations", "4",
+         "--out-json", str(tmp_path / "overhead.json")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("step_time_ratio=") and "peak_memory_ratio=" in last and "teacher_tokens_per_group=" in last
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    assert data["step_time_ratio"] > 0 and len(data["sgcd"]["breakdown"]) == 2
