@@ -140,27 +140,17 @@ def evaluate_checkpoint(path: str, num_tasks: int) -> dict:
 def train_mode(sft: str, mode: str, seed: int, args, out: Path) -> dict:
     from transformers import PrinterCallback
 
-    from trl_sgcd import ContrastCreditReference, SGCDConfig, SGCDGRPOTrainer
+    from trl_sgcd import ContrastCreditReference, SGCDGRPOTrainer
     from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
+    from trl_sgcd.warm_start import offline_airline_rl_config
 
     run_dir = out / f"{mode}-seed{seed}"
-    config = SGCDConfig(
-        output_dir=str(run_dir),
+    config = offline_airline_rl_config(
+        run_dir,
         credit_mode=mode,
-        per_device_train_batch_size=16,
-        num_generations=8,
-        max_completion_length=192,
-        max_tool_calling_iterations=4,
-        temperature=1.0,
         learning_rate=args.learning_rate,
         max_steps=args.steps,
-        max_resample_rounds=2,
         credit_log_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
         disable_tqdm=True,
         seed=seed,
     )

@@ -58,10 +58,10 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from trl_sgcd import ContrastCreditReference, SGCDConfig, SGCDGRPOTrainer
+    from trl_sgcd import ContrastCreditReference, SGCDGRPOTrainer
     from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
     from trl_sgcd.eval import format_table
-    from trl_sgcd.warm_start import offline_airline_base_model, sft_warm_start
+    from trl_sgcd.warm_start import offline_airline_base_model, offline_airline_rl_config, sft_warm_start
 
     out = Path(args.output_dir)
     start = time.perf_counter()
@@ -84,23 +84,8 @@ def main(argv=None) -> dict:
     print(format_table(before), flush=True)
 
     print(f"[4/5] {args.rl_steps} steps of SGCDGRPOTrainer (credit_mode={args.credit_mode})", flush=True)
-    config = SGCDConfig(
-        output_dir=str(out / "sgcd"),
-        credit_mode=args.credit_mode,
-        per_device_train_batch_size=16,
-        num_generations=8,
-        max_completion_length=192,
-        max_tool_calling_iterations=4,
-        temperature=1.0,
-        learning_rate=1e-4,
-        max_steps=args.rl_steps,
-        max_resample_rounds=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=args.seed,
+    config = offline_airline_rl_config(
+        out / "sgcd", credit_mode=args.credit_mode, max_steps=args.rl_steps, seed=args.seed
     )
     trainer = SGCDGRPOTrainer(
         model=sft,

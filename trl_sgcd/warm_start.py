@@ -1,4 +1,4 @@
-"""A tiny tool-using policy for the built-in offline environment, warm-started with SFT on the scripted expert.
+"""A tiny tool-using policy for the built-in offline environment: SFT warm start and the RL recipe on top of it.
 
 The paper SFT-initialises its τ³-airline runs (step-800 checkpoint, pass@1 0.438) before RL; this is the CPU-scale
 analogue used by the quickstart and by `benchmarks/reproduce.py`: a random-weight tiny Qwen3 whose tokenizer is
@@ -73,3 +73,30 @@ def sft_warm_start(
     trainer.save_model(str(output_dir))
     trainer.processing_class.save_pretrained(str(output_dir))
     return str(Path(output_dir))
+
+
+def offline_airline_rl_config(output_dir: str | os.PathLike, **overrides):
+    """The `SGCDConfig` the quickstart and `benchmarks/reproduce.py` train the warm-started policy with.
+
+    Two prompts x 8 siblings per step, 192-token multi-turn completions with up to 4 tool calls, sampling at
+    temperature 1, two extra dynamic-sampling rounds. `overrides` replace any field (e.g. `credit_mode`, `max_steps`).
+    """
+    from .config import SGCDConfig
+
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_completion_length=192,
+        max_tool_calling_iterations=4,
+        temperature=1.0,
+        learning_rate=1e-4,
+        max_resample_rounds=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
+    values.update(overrides)
+    return SGCDConfig(**values)
