@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft_epochs", type=float, default=8.0)
     parser.add_argument("--eval_tasks", type=int, default=40)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument(
+        "--report_only", action="store_true", help="recompute metrics, table and plots from the runs already in --out"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.sft_examples, args.sft_epochs, args.eval_tasks = [0], 1, 32, 1.0, 6
@@ -93,8 +96,16 @@ def deviation_token_mask(record: dict) -> list[int] | None:
 
 
 def credit_precision(dump_dir: Path) -> dict[str, float]:
-    """Extra weight on deviation tokens of failed rollouts, against their share of credit tokens."""
+    """Extra weight on the deviation tokens of failed rollouts, against their share of credit tokens.
+
+    Pooled: `Σ (W-1) on deviation tokens / Σ (W-1)` over all scored rollouts, against the pooled token share. Pooling
+    favours deviation tokens even without localisation (short failures have both a larger deviation share and more
+    weight per token under `uniform`), so the per-rollout version is reported too: within each rollout that received
+    extra weight, the share of its extra weight on its deviation tokens, against its own deviation-token share; a
+    rollout-level `uniform` weight gives exactly lift 1 there.
+    """
     extra_on_dev = extra_total = dev_tokens = credit_tokens = 0.0
+    per_rollout_precision, per_rollout_share = [], []
     rollouts = 0
     for path in sorted(dump_dir.glob("step_*.jsonl")):
         for line in path.read_text().splitlines():
@@ -105,21 +116,38 @@ def credit_precision(dump_dir: Path) -> dict[str, float]:
             if mask is None:
                 continue
             rollouts += 1
+            r_extra = r_extra_dev = r_dev = r_tokens = 0.0
             for w, c, dev in zip(record["weights"], record["credit_mask"], mask, strict=True):
                 if not c:
                     continue
-                credit_tokens += 1
-                extra_total += w - 1.0
+                r_tokens += 1
+                r_extra += w - 1.0
                 if dev:
-                    dev_tokens += 1
-                    extra_on_dev += w - 1.0
-    share = dev_tokens / credit_tokens if credit_tokens else float("nan")
-    precision = extra_on_dev / extra_total if extra_total > 0 else float("nan")
+                    r_dev += 1
+                    r_extra_dev += w - 1.0
+            credit_tokens += r_tokens
+            dev_tokens += r_dev
+            extra_total += r_extra
+            extra_on_dev += r_extra_dev
+            if r_extra > 1e-9 and r_tokens:
+                per_rollout_precision.append(r_extra_dev / r_extra)
+                per_rollout_share.append(r_dev / r_tokens)
+    nan = float("nan")
+    share = dev_tokens / credit_tokens if credit_tokens else nan
+    precision = extra_on_dev / extra_total if extra_total > 0 else nan
+    rollout_precision = statistics.mean(per_rollout_precision) if per_rollout_precision else nan
+    rollout_share = statistics.mean(per_rollout_share) if per_rollout_share else nan
     return {
         "credit_precision": precision,
         "deviation_token_share": share,
-        "precision_lift": precision / share if share and precision == precision else float("nan"),
+        "precision_lift": precision / share if share and precision == precision else nan,
+        "rollout_precision": rollout_precision,
+        "rollout_deviation_share": rollout_share,
+        "rollout_precision_lift": rollout_precision / rollout_share
+        if rollout_share and rollout_share == rollout_share
+        else nan,
         "failed_rollouts_scored": rollouts,
+        "rollouts_with_extra_weight": len(per_rollout_precision),
     }
 
 
@@ -209,10 +237,10 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
     rows, summary = [], {"warm_start": warm, "modes": {}}
     header = (
         "| mode | pass@1 (95% CI over seeds) | action | information | zero-tool success share (last 5 steps) "
-        "| tool calls / success | credit precision | deviation-token share | lift |"
+        "| tool calls / success | credit precision | deviation-token share | lift | per-rollout lift |"
     )
     rows.append(header)
-    rows.append("|" + "---|" * 9)
+    rows.append("|" + "---|" * 10)
     for mode in MODES:
         runs = [r for r in results if r["mode"] == mode]
         if not runs:
@@ -234,13 +262,15 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
             "credit_precision": [r["credit_precision"] for r in runs],
             "deviation_token_share": [r["deviation_token_share"] for r in runs],
             "precision_lift": [r["precision_lift"] for r in runs],
+            "rollout_precision_lift": [r.get("rollout_precision_lift", float("nan")) for r in runs],
         }
         summary["modes"][mode] = entry
         rows.append(
             f"| `{mode}` | {_mean_ci(entry['pass@1'])} | {_mean_ci(entry['action'])} | "
             f"{_mean_ci(entry['information'])} | {_mean_ci(entry['zero_tool_success_frac'])} | "
             f"{_mean_ci(entry['tool_calls_per_success'])} | {_mean_ci(entry['credit_precision'])} | "
-            f"{_mean_ci(entry['deviation_token_share'])} | {_mean_ci(entry['precision_lift'])} |"
+            f"{_mean_ci(entry['deviation_token_share'])} | {_mean_ci(entry['precision_lift'])} | "
+            f"{_mean_ci(entry['rollout_precision_lift'])} |"
         )
     return "\n".join(rows), summary
 
@@ -305,6 +335,8 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return report_only(out)
     start = time.perf_counter()
     sft = out / "sft"
     if not (sft / "config.json").exists():
@@ -333,6 +365,24 @@ def main(argv=None) -> dict:
     plots = plot(results, out)
     print(table)
     print(f"total {summary['total_minutes']:.1f} min; plots: {[str(p) for p in plots]}")
+    return {"summary": summary, "table": table, "plots": plots, "results": results}
+
+
+def report_only(out: Path) -> dict:
+    """Recomputes credit precision from each run's credit dumps and rewrites the table and plots (no training)."""
+    summary = json.loads((out / "summary.json").read_text())
+    results = []
+    for path in sorted(out.glob("*-seed*/result.json")):
+        result = json.loads(path.read_text())
+        result.update(credit_precision(path.parent / "sgcd_credit"))
+        path.write_text(json.dumps(result, indent=1, default=str))
+        results.append(result)
+    table, modes = summarize(results, summary["warm_start"])
+    summary["modes"] = modes["modes"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "results_table.md").write_text(table + "\n")
+    plots = plot(results, out)
+    print(table)
     return {"summary": summary, "table": table, "plots": plots, "results": results}
 
 

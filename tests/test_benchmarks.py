@@ -63,6 +63,35 @@ def test_credit_precision_counts_extra_weight_on_the_first_deviation(tmp_path):
     assert precision["credit_precision"] == pytest.approx(2.0 / 2.5)  # extra weight 1+1 of 2.5 on the deviation
     assert precision["deviation_token_share"] == pytest.approx(4 / 10)
     assert precision["precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)
+    assert precision["rollout_precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)  # one rollout: the same
+
+
+def test_per_rollout_precision_removes_the_pooling_effect(tmp_path):
+    """Rollout-level constant weights (the `uniform` ablation) have per-rollout lift exactly 1, pooled lift above 1."""
+    reproduce = _load("reproduce")
+    messages = [
+        _call("get_reservation", reservation_id="r30"),
+        {"role": "tool", "name": "get_reservation", "content": "{}"},
+        _call("cancel_reservation", reservation_id="r31"),
+        {"role": "tool", "name": "cancel_reservation", "content": "{}"},
+        {"role": "assistant", "content": "done."},
+    ]
+    short = _record(
+        ["<tool_call>", "a", "</tool_call>", "o", "<tool_call>", "b", "</tool_call>", "o", "x"],
+        [1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1.9] * 9,
+        messages,
+    )
+    long_tokens = ["<tool_call>"] + ["a"] * 10 + ["</tool_call>", "o", "<tool_call>", "b", "</tool_call>", "o"]
+    long_tokens += ["x"] * 10
+    long = _record(long_tokens, [1] * 12 + [0] + [1] * 3 + [0] + [1] * 10, [1.1] * len(long_tokens), messages)
+    dumps = tmp_path / "sgcd_credit"
+    dumps.mkdir()
+    (dumps / "step_000001_rank0.jsonl").write_text(json.dumps(short) + "\n" + json.dumps(long) + "\n")
+    precision = reproduce.credit_precision(dumps)
+    assert precision["rollouts_with_extra_weight"] == 2
+    assert precision["rollout_precision_lift"] == pytest.approx(1.0)
+    assert precision["precision_lift"] > 1.2  # pooled: the short rollout has both more weight and more deviation
 
 
 def test_premature_answer_is_the_deviation_when_every_call_was_on_path():
