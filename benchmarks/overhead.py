@@ -169,6 +169,7 @@ def run_arm(args) -> dict:
         row = {stage: h.get(f"sgcd/timing/{stage}_s", 0.0) for stage in stages}
         row["loss_backward"] = h["step_time"] - sum(row.values())
         row["step"] = h["step_time"]
+        row["completion_len"] = h.get("completions/mean_length", float("nan"))
         breakdown.append(row)
     result = {
         "step": statistics.median(h["step_time"] for h in logs),
