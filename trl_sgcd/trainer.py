@@ -339,7 +339,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         payload: list[Any] = [None, None]
         if self.accelerator.is_main_process:
             contexts: list[CreditReference | None] = [None] * rollouts.num_groups
-            uses_sibling = self.args.credit_mode in ("sibling_context", "sdpo")
+            provider = self._context_provider()
             if self._prefetched is not None:
                 by_group, futures = self._prefetched
                 self._prefetched = None
@@ -349,13 +349,13 @@ class SGCDGRPOTrainer(GRPOTrainer):
             else:
                 outcome = self._resolve([rollouts.sibling_group(g) for g in mixed])
                 references = outcome.references
-            extra = (self._sibling_context if uses_sibling else self.credit_reference).pop_metrics()
+            extra = provider.pop_metrics()
             for message in outcome.error_messages[:3]:
                 logger.warning("[SGCD] credit-reference provider failed for a group (W = 1): %s", message)
             for g, ref in zip(mixed, references, strict=True):
                 contexts[g] = ref
             stats = {
-                "provider/calls": 0 if uses_sibling else outcome.calls,
+                "provider/calls": outcome.calls if provider is self.credit_reference else 0,
                 "provider/failures": outcome.failures,
                 "provider/timeouts": outcome.timeouts,
                 "provider/errors": outcome.errors,
@@ -376,12 +376,19 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._log("reference/chars_mean", sum(len(c.text) for c in with_ref) / max(1, len(with_ref)))
         return contexts
 
+    def _context_provider(self):
+        """The credit-reference provider, or for `sibling_context`/`sdpo` the raw successful trace (no summariser)."""
+        if self.args.credit_mode in ("sibling_context", "sdpo"):
+            return self._sibling_context
+        return self.credit_reference
+
     def _resolve(self, groups: list) -> ProviderOutcome:
-        """Provider calls for `groups` (main process only); `sibling_context`/`sdpo` use the raw successful trace."""
-        uses_sibling = self.args.credit_mode in ("sibling_context", "sdpo")
-        provider = self._sibling_context if uses_sibling else self.credit_reference
+        """Teacher contexts for `groups` (main process only)."""
         return resolve_references(
-            provider, groups, max_concurrency=self.args.provider_max_concurrency, timeout=self.args.provider_timeout
+            self._context_provider(),
+            groups,
+            max_concurrency=self.args.provider_max_concurrency,
+            timeout=self.args.provider_timeout,
         )
 
     def _provider_pool(self) -> ThreadPoolExecutor:
@@ -405,9 +412,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         start, end = rollouts.local_start, rollouts.local_end
         local_refs = [contexts[rollouts.group_of(r)] for r in range(start, end)]
         completion_ids = output["completion_ids"]
-        loss_mask = output["completion_mask"].bool()
-        if "tool_mask" in output:
-            loss_mask = loss_mask & output["tool_mask"].bool()
+        loss_mask = _loss_mask(output)
         has_ref = torch.tensor([r is not None for r in local_refs], dtype=torch.bool, device=device)
 
         # Tokens that carry credit: assistant tokens of rows with a reference, minus masked literals.
@@ -577,9 +582,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        loss_mask = completion_mask.bool()
-        if "tool_mask" in output:
-            loss_mask = loss_mask & output["tool_mask"].bool()
+        loss_mask = _loss_mask(output)
         batch, width = completion_ids.shape
         chunk = self.args.credit_batch_size or self.args.per_device_train_batch_size
         start, rank = rollouts.local_start, self.accelerator.process_index
@@ -793,9 +796,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         directory = os.path.join(self.args.output_dir, "sgcd_credit")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"step_{self.state.global_step:06d}_rank{self.accelerator.process_index}.jsonl")
-        loss_mask = output["completion_mask"].bool()
-        if "tool_mask" in output:
-            loss_mask = loss_mask & output["tool_mask"].bool()
+        loss_mask = _loss_mask(output)
         advantages = output["advantages"]
         with open(path, "w") as f:
             for i in range(output["completion_ids"].size(0)):
@@ -825,3 +826,9 @@ class SGCDGRPOTrainer(GRPOTrainer):
                     "reference": local_refs[i].text if local_refs[i] is not None else None,
                 }
                 f.write(json.dumps(record, default=str) + "\n")
+
+
+def _loss_mask(output: dict[str, Any]) -> torch.Tensor:
+    """Tokens TRL's loss trains on: completion tokens that are not tool results (`completion_mask * tool_mask`)."""
+    mask = output["completion_mask"].bool()
+    return mask & output["tool_mask"].bool() if "tool_mask" in output else mask
