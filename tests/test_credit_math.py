@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from trl_sgcd.credit import (
+    DIVERGENCES,
     SegmenterConfig,
     credit_advantages,
     credit_weights,
+    observed_anchored_divergence,
     project_to_support,
     saliency_segments,
     student_support_divergence,
@@ -114,6 +116,25 @@ def test_divergence_is_detached_even_from_grad_inputs():
     teacher = torch.randn(3, 8, requires_grad=True)
     d, h = teacher_divergence(student, teacher, torch.tensor([1, 2, 3]), top_k=4)
     assert not d.requires_grad and not h.requires_grad
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_observed_anchored_divergence_equals_the_full_student_pass(kind, temperature):
+    """The fused student side (logits on the support + the observed token's log-probability) is the same divergence."""
+    torch.manual_seed(3)
+    student, teacher = torch.randn(64, 300) * 3, torch.randn(64, 300) * 3
+    observed = torch.randint(0, 300, (64,))
+    observed[:16] = teacher[:16].argmax(-1)  # the observed token inside the teacher's top-K: counted once
+    expected, entropy = teacher_divergence(
+        student, teacher, observed, top_k=20, divergence=kind, temperature=temperature
+    )
+    ids, q, _ = teacher_topk(teacher, observed, 20, temperature)
+    observed_logp = torch.log_softmax(student / temperature, -1).gather(-1, observed[:, None]).squeeze(-1)
+    fused = observed_anchored_divergence(student.gather(-1, ids), observed_logp, ids, q, kind, temperature)
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(support_entropy(q), entropy)
+    assert expected.abs().sum() > 0
 
 
 def test_direct_sd_auxiliary_has_gradient_and_matches_feature():

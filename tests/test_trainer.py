@@ -9,7 +9,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
+import trl_sgcd.trainer as trainer_module
 from trl_sgcd import CreditReference, SGCDConfig, SGCDGRPOTrainer
+from trl_sgcd.trainer import _active_dropout
 
 
 MODES = ["sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo"]
@@ -69,6 +71,22 @@ def _spy_credit(trainer):
         return result
 
     trainer._apply_credit = spy
+    return calls
+
+
+def _spy_weights(trainer):
+    """Records `(sequence advantages, batch)` for every batch the credit weights are formed for: the generation
+    batch with a separate student pass, each loss micro-batch with the fused one (`batch["advantages"]` is `A · W`)."""
+    calls = []
+    original = trainer._weigh
+
+    def spy(batch, d, h, mask, any_reference):
+        before = batch["advantages"].clone()
+        weights = original(batch, d, h, mask, any_reference)
+        calls.append((before, batch))
+        return weights
+
+    trainer._weigh = spy
     return calls
 
 
@@ -217,7 +235,7 @@ def test_credit_advantages_are_detached_sign_preserving_and_bounded(tiny_model_p
     trainer = SGCDGRPOTrainer(
         model=tiny_model_path,
         reward_funcs=parity_reward,
-        args=_args(tmp_path, dynamic_sampling=False, credit_cap=1.8),
+        args=_args(tmp_path, dynamic_sampling=False, credit_cap=1.8, student_pass="separate"),
         train_dataset=_dataset(),
         credit_reference=fixed_reference,
     )
@@ -397,8 +415,8 @@ def test_shared_prefix_scoring_matches_full_scoring(tiny_model_path, tmp_path):
     captured = []
     original = trainer._score
 
-    def spy(*args):
-        result = original(*args)
+    def spy(*args, **kwargs):
+        result = original(*args)  # the separate student pass: this test compares its features
         captured.append((args, result))
         return result
 
@@ -472,3 +490,88 @@ def test_prefetched_references_overlap_generation_and_map_to_their_groups(tiny_m
     # A round finished generating after the first provider call had started: the calls overlapped generation.
     first_call = min(t for _, t in calls)
     assert any(done > first_call for done in rounds_done)
+
+
+# ---------------------------------------------------------------- student pass fused into TRL's loss forward
+
+
+@pytest.mark.parametrize("accumulation,dense_head", [(1, True), (2, True), (1, False)])
+def test_fused_student_pass_matches_the_separate_pass(
+    tiny_model_path, tmp_path, monkeypatch, accumulation, dense_head
+):
+    """The student side taken from TRL's loss forward gives the divergence, weights and training of a separate pass."""
+    if not dense_head:  # gather the K + 1 head rows per position, as for a large vocabulary
+        monkeypatch.setattr(trainer_module, "_DENSE_HEAD_FACTOR", 0)
+    runs = {}
+    for student_pass in ("separate", "fused"):
+        trainer = SGCDGRPOTrainer(
+            model=tiny_model_path,
+            reward_funcs=parity_reward,
+            args=_args(
+                tmp_path / student_pass,
+                dynamic_sampling=False,
+                bf16=False,
+                student_pass=student_pass,
+                per_device_train_batch_size=8 // accumulation,
+                gradient_accumulation_steps=accumulation,
+            ),
+            train_dataset=_dataset(),
+            credit_reference=fixed_reference,
+        )
+        assert trainer._fuse_student is (student_pass == "fused")
+        weighed, loss_advantages = [], []
+        weigh, compute = trainer._weigh, trainer._compute_loss
+
+        def spy_weigh(batch, d, h, mask, any_reference, weigh=weigh, weighed=weighed):
+            weights = weigh(batch, d, h, mask, any_reference)
+            weighed.append((d.clone(), h.clone(), weights.clone()))
+            return weights
+
+        def spy_loss(model, inputs, compute=compute, loss_advantages=loss_advantages):
+            loss = compute(model, inputs)
+            loss_advantages.append(inputs["advantages"].clone())  # what TRL's loss read
+            return loss
+
+        trainer._weigh, trainer._compute_loss = spy_weigh, spy_loss
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "sgcd/scoring/student_tokens" in h]
+        runs[student_pass] = (weighed, loss_advantages, _params(trainer.model), logs)
+
+    (w_sep, adv_sep, p_sep, logs_sep), (w_fused, adv_fused, p_fused, logs_fused) = runs["separate"], runs["fused"]
+    assert all(h["sgcd/scoring/student_tokens"] == 0 for h in logs_fused)  # no student forward was run
+    assert all(h["sgcd/scoring/student_tokens"] > 0 for h in logs_sep)
+    # The separate pass weighs a whole generation batch at once, the fused one each micro-batch: compare per row.
+    # (TRL shuffles rows between generation and loss, so rows are matched through the loss-time advantages.)
+    sep_d, sep_w = torch.cat([d for d, _, _ in w_sep]), torch.cat([w for _, _, w in w_sep])
+    fused_d, fused_w = torch.cat([d for d, _, _ in w_fused]), torch.cat([w for _, _, w in w_fused])
+    assert sep_d.shape == fused_d.shape and sep_d.abs().sum() > 0
+    order_sep = sorted(range(len(sep_d)), key=lambda i: sep_d[i].sum().item())
+    order_fused = sorted(range(len(fused_d)), key=lambda i: fused_d[i].sum().item())
+    torch.testing.assert_close(fused_d[order_fused], sep_d[order_sep], rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(fused_w[order_fused], sep_w[order_sep], rtol=1e-3, atol=1e-3)
+    assert (fused_w > 1).any()
+    torch.testing.assert_close(torch.cat(adv_fused).sum(), torch.cat(adv_sep).sum(), rtol=1e-3, atol=1e-5)
+    # Adam turns float-level gradient differences on near-zero gradients into visible ones; one step moves ~lr=1e-2.
+    for name in p_sep:
+        torch.testing.assert_close(p_fused[name], p_sep[name], rtol=1e-3, atol=2e-3)
+
+
+def test_fused_student_pass_is_refused_where_it_would_not_be_exact(tiny_model_path, tmp_path):
+    with pytest.raises(ValueError, match="student_pass='fused' applies to credit_mode"):
+        _args(tmp_path, credit_mode="sdpo", student_pass="fused")
+    with pytest.raises(ValueError, match="num_iterations=2"):
+        SGCDGRPOTrainer(
+            model=tiny_model_path,
+            reward_funcs=parity_reward,
+            args=_args(tmp_path, student_pass="fused", num_iterations=2),
+            train_dataset=_dataset(),
+        )
+    auto = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, num_iterations=2),
+        train_dataset=_dataset(),
+    )
+    assert auto._fuse_student is False  # "auto" falls back to the separate pass
+    auto.model.config.attention_dropout = 0.1
+    assert "attention_dropout" in _active_dropout(auto.model)

@@ -11,6 +11,8 @@ from .credit.segmenter import SegmenterConfig
 CREDIT_MODES = ("sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo")
 # Modes whose signal is a per-token weight or advantage; sequence-level importance sampling would average it away.
 TOKEN_LEVEL_MODES = ("sgcd", "uniform", "sibling_context", "sdpo")
+FUSABLE_MODES = ("sgcd", "uniform", "sibling_context")  # modes whose weights `student_pass="fused"` can form
+STUDENT_PASSES = ("auto", "fused", "separate")
 REFERENCE_POSITIONS = ("system", "user")
 
 DEFAULT_REFERENCE_TEMPLATE = (
@@ -120,6 +122,16 @@ class SGCDConfig(GRPOConfig):
             Score the prompt prefix shared by a group's siblings once (teacher and student pass alike) and reuse its
             KV cache for every sibling's completion: `P + n·T` tokens per pass instead of `n·(P + T)`. Set `False`
             to score each row in full (same values up to float rounding; used to check the shared path).
+        student_pass (`str`, *optional*, defaults to `"auto"`):
+            Where the student distribution comes from. `"fused"`: from the loss forward TRL already makes (its fused
+            LM head returns the observed token's log-probability; the student's logits on the teacher's top-K
+            support are `K + 1` dot products with the captured hidden states), so SGCD adds only the teacher pass;
+            the credit weights are then formed at loss time. Exact only when that forward sees the policy that
+            sampled the batch without dropout, so it needs `num_iterations=1`, `steps_per_generation <=
+            gradient_accumulation_steps`, no active dropout and an unsharded LM head (not ZeRO-3 / FSDP), and the
+            modes `sgcd`, `uniform`, `sibling_context`. `"separate"`: a no-grad student scoring pass at generation
+            time. `"auto"` fuses when all conditions hold and scores separately otherwise; `"fused"` raises when
+            they don't. Batches that write a credit dump (`credit_log_steps`) are scored separately.
         credit_log_steps (`int`, *optional*, defaults to `0`):
             Every this many steps, write the batch's tokens, credit weights, rewards and references as JSON lines under
             `output_dir/sgcd_credit/` (for `trl-sgcd visualize`). `0` disables it. The files contain the references.
@@ -178,6 +190,13 @@ class SGCDConfig(GRPOConfig):
     credit_shared_prefix: bool = field(
         default=True, metadata={"help": "Score the siblings' shared prompt prefix once and reuse its KV cache."}
     )
+    student_pass: str = field(
+        default="auto",
+        metadata={
+            "help": "Student distribution: from TRL's loss forward or a separate pass.",
+            "choices": list(STUDENT_PASSES),
+        },
+    )
     credit_log_steps: int = field(default=0, metadata={"help": "Dump the credit of a batch every N steps (0: off)."})
     inert_warning_steps: int = field(
         default=20, metadata={"help": "Warn after this many consecutive steps with inert weights."}
@@ -190,6 +209,12 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"divergence={self.divergence!r} is not one of {DIVERGENCES}.")
         if self.reference_position not in REFERENCE_POSITIONS:
             raise ValueError(f"reference_position={self.reference_position!r} is not one of {REFERENCE_POSITIONS}.")
+        if self.student_pass not in STUDENT_PASSES:
+            raise ValueError(f"student_pass={self.student_pass!r} is not one of {STUDENT_PASSES}.")
+        if self.student_pass == "fused" and self.credit_mode not in FUSABLE_MODES:
+            raise ValueError(
+                f"student_pass='fused' applies to credit_mode in {FUSABLE_MODES}, got credit_mode={self.credit_mode!r}."
+            )
         if self.credit_gamma < 0:
             raise ValueError(f"credit_gamma must be >= 0, got {self.credit_gamma}.")
         if self.credit_cap <= 1:

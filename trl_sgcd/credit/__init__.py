@@ -2,10 +2,12 @@
 
 from .divergence import (
     DIVERGENCES,
+    observed_anchored_divergence,
     project_to_support,
     student_support_divergence,
     support_divergence,
     support_entropy,
+    support_keep,
     teacher_divergence,
     teacher_topk,
 )
@@ -19,12 +21,14 @@ __all__ = [
     "Span",
     "credit_advantages",
     "credit_weights",
+    "observed_anchored_divergence",
     "project_to_support",
     "robust_zscore",
     "saliency_segments",
     "student_support_divergence",
     "support_divergence",
     "support_entropy",
+    "support_keep",
     "teacher_divergence",
     "teacher_topk",
     "uniform_weights",

@@ -45,9 +45,7 @@ def project_to_support(
     top_ids = teacher_logprobs.topk(k, dim=-1).indices  # (N, K)
     observed = observed_ids.long().unsqueeze(-1)  # (N, 1)
     support_ids = torch.cat([top_ids, observed], dim=-1)  # (N, K + 1)
-    # The observed token is already in the support when the teacher ranks it in its top-K: count it once.
-    keep = torch.ones_like(support_ids, dtype=torch.bool)
-    keep[:, -1] = ~(top_ids == observed).any(dim=-1)
+    keep = support_keep(support_ids)  # the observed token counts once when the teacher ranks it in its top-K
 
     p = student_logprobs.gather(-1, support_ids).exp() * keep
     q = teacher_logprobs.gather(-1, support_ids).exp() * keep
@@ -124,6 +122,43 @@ def teacher_divergence(
         empty = torch.zeros(shape, dtype=torch.float32, device=observed_ids.device)
         return empty, empty.clone()
     return torch.cat(d_parts).reshape(shape), torch.cat(h_parts).reshape(shape)
+
+
+def support_keep(support_ids: torch.Tensor) -> torch.Tensor:
+    """`(…, K+1)` mask of the support entries counted once: the observed token (last column) is dropped when the
+    teacher already ranks it in its top-K."""
+    keep = torch.ones_like(support_ids, dtype=torch.bool)
+    keep[..., -1] = ~(support_ids[..., :-1] == support_ids[..., -1:]).any(dim=-1)
+    return keep
+
+
+@torch.no_grad()
+def observed_anchored_divergence(
+    student_support_logits: torch.Tensor,
+    student_observed_logprobs: torch.Tensor,
+    support_ids: torch.Tensor,
+    teacher_q: torch.Tensor,
+    divergence: Divergence = "reverse_kl",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The divergence of `teacher_divergence`, from the student's logits on the support alone.
+
+    The student's log-normaliser is recovered from the log-probability of the observed token (the support's last
+    column), which TRL's fused LM head already returns for the loss: `log p_j = log p_obs + (z_j - z_obs) / τ`. So
+    the student side needs `K + 1` dot products per position instead of a full-vocabulary projection and
+    log-softmax.
+
+    Args:
+        student_support_logits: `(N, K + 1)` student logits at `support_ids`.
+        student_observed_logprobs: `(N,)` student log-probability of the observed token at temperature `τ`.
+        support_ids: `(N, K + 1)` teacher top-K ids and the observed id (from `teacher_topk`).
+        teacher_q: `(N, K + 2)` teacher probabilities on the support and tail (from `teacher_topk`).
+    """
+    z = student_support_logits.float()
+    logp = student_observed_logprobs.float().unsqueeze(-1) + (z - z[..., -1:]) / temperature
+    p = logp.exp() * support_keep(support_ids)
+    p = torch.cat([p, (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    return support_divergence(p, teacher_q.float(), divergence)
 
 
 def teacher_topk(
