@@ -44,8 +44,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=MODES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--sft_examples", type=int, default=512)
-    parser.add_argument("--sft_epochs", type=float, default=8.0)
+    # The warm start: digits kept out of the tokenizer's merges (ids then tokenize alike in requests, tool calls and
+    # observations, which a tiny model needs to copy them), one pass over 9000 expert conversations at batch 4.
+    parser.add_argument("--sft_examples", type=int, default=9000)
+    parser.add_argument("--sft_epochs", type=float, default=1.0)
+    parser.add_argument("--sft_learning_rate", type=float, default=3e-3)
+    parser.add_argument("--sft_batch_size", type=int, default=4)
+    parser.add_argument("--sft_warmup_steps", type=int, default=20)
+    parser.add_argument("--isolate_digits", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--eval_tasks", type=int, default=40)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument(
@@ -340,8 +346,16 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     sft = out / "sft"
     if not (sft / "config.json").exists():
-        base = offline_airline_base_model(out / "base")
-        sft_warm_start(base, sft, num_examples=args.sft_examples, num_epochs=args.sft_epochs)
+        base = offline_airline_base_model(out / "base", isolate_digits=args.isolate_digits)
+        sft_warm_start(
+            base,
+            sft,
+            num_examples=args.sft_examples,
+            num_epochs=args.sft_epochs,
+            learning_rate=args.sft_learning_rate,
+            batch_size=args.sft_batch_size,
+            warmup_steps=args.sft_warmup_steps,
+        )
     sft_minutes = (time.perf_counter() - start) / 60
     warm = evaluate_checkpoint(str(sft), args.eval_tasks)
     print(f"warm start: pass@1 {warm['metrics']['pass@1']:.3f} ({sft_minutes:.1f} min)", flush=True)

@@ -132,6 +132,10 @@ def test_overhead_benchmark_prints_its_ratios(tmp_path):
     assert data["step_time_ratio"] > 0 and len(data["sgcd"]["breakdown"]) == 2
     assert data["grpo"]["memory"] > 0 and data["sgcd"]["memory"] > 0 and data["peak_memory_ratio"] > 0
     assert data["sgcd"]["student_tokens"] == 0  # the student side came from TRL's loss forward
+    assert data["paired_step_time_ratio"] > 0
+    # The arms alternate in one process, each with its own RNG stream: they generate the same completions.
+    lengths = {arm: [row["completion_len"] for row in data[arm]["breakdown"]] for arm in ("grpo", "sgcd")}
+    assert lengths["grpo"] == lengths["sgcd"]
 
 
 def test_live_tensor_bytes_counts_the_peak_of_live_storage():

@@ -514,6 +514,7 @@ def test_fused_student_pass_matches_the_separate_pass(
                 student_pass=student_pass,
                 per_device_train_batch_size=8 // accumulation,
                 gradient_accumulation_steps=accumulation,
+                credit_token_chunk=None if dense_head else 7,  # several logit chunks per row
             ),
             train_dataset=_dataset(),
             credit_reference=fixed_reference,

@@ -115,9 +115,11 @@ class SGCDConfig(GRPOConfig):
             Coefficient `λ` of the auxiliary distillation loss in `direct_sd` mode.
         credit_batch_size (`int` or `None`, *optional*, defaults to `None`):
             Rows per teacher/student scoring forward; `None` uses `per_device_train_batch_size`.
-        credit_token_chunk (`int`, *optional*, defaults to `64`):
+        credit_token_chunk (`int` or `None`, *optional*, defaults to `None`):
             Positions whose teacher and student logits are formed at once from the final hidden states (the LM head is
             applied in chunks), bounding the scoring memory at `O(credit_token_chunk · V)` instead of `O(B · T · V)`.
+            `None` sizes the chunk to about 4M logits (16 MB in float32) and at least 64 positions: 64 positions for a
+            150k vocabulary, thousands for a small one (fewer, larger ops).
         credit_shared_prefix (`bool`, *optional*, defaults to `True`):
             Score the prompt prefix shared by a group's siblings once (teacher and student pass alike) and reuse its
             KV cache for every sibling's completion: `P + n·T` tokens per pass instead of `n·(P + T)`. Set `False`
@@ -186,7 +188,9 @@ class SGCDConfig(GRPOConfig):
     )
     direct_sd_coef: float = field(default=0.1, metadata={"help": "λ of the direct_sd auxiliary loss."})
     credit_batch_size: int | None = field(default=None, metadata={"help": "Rows per scoring forward."})
-    credit_token_chunk: int = field(default=64, metadata={"help": "Positions per chunk of scoring logits."})
+    credit_token_chunk: int | None = field(
+        default=None, metadata={"help": "Positions per chunk of scoring logits (None: ~4M logits, at least 64)."}
+    )
     credit_shared_prefix: bool = field(
         default=True, metadata={"help": "Score the siblings' shared prompt prefix once and reuse its KV cache."}
     )
@@ -233,8 +237,8 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"max_reference_tokens must be >= 1, got {self.max_reference_tokens}.")
         if self.direct_sd_coef < 0:
             raise ValueError(f"direct_sd_coef must be >= 0, got {self.direct_sd_coef}.")
-        if self.credit_token_chunk < 1:
-            raise ValueError(f"credit_token_chunk must be >= 1, got {self.credit_token_chunk}.")
+        if self.credit_token_chunk is not None and self.credit_token_chunk < 1:
+            raise ValueError(f"credit_token_chunk must be >= 1 or None, got {self.credit_token_chunk}.")
         if self.credit_log_steps < 0:
             raise ValueError(f"credit_log_steps must be >= 0, got {self.credit_log_steps}.")
         if self.credit_batch_size is not None and self.credit_batch_size < 1:

@@ -278,7 +278,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         weight, bias = self._lm_head.weight, self._lm_head.bias
         d = torch.zeros(mask.shape, device=hidden.device)
         parts = []
-        chunk = self.args.credit_token_chunk
+        chunk = self._token_chunk()
         # Gathering K + 1 head rows per position costs ~100x more per element than a dense matmul, so small
         # vocabularies are projected in full and only large ones gathered (same values either way).
         dense = weight.size(0) <= _DENSE_HEAD_FACTOR * support_ids.size(-1)
@@ -635,6 +635,12 @@ class SGCDGRPOTrainer(GRPOTrainer):
             out = self.model(**kwargs)
         return out.logits, out.past_key_values
 
+    def _token_chunk(self) -> int:
+        """Positions per chunk of logits (`credit_token_chunk`, or about 4M logits and at least 64 positions)."""
+        if self.args.credit_token_chunk is not None:
+            return self.args.credit_token_chunk
+        return max(64, 2**22 // self.model.config.get_text_config().vocab_size)
+
     def _head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits of a chunk of positions from `_forward` outputs."""
         if not self._stream_head:
@@ -802,7 +808,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         teacher_sel = teacher_features[sel]
         student_sel = None if student_features is None else student_features[sel]
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
-        chunk = self.args.credit_token_chunk
+        chunk = self._token_chunk()
         for start in range(0, observed.numel(), chunk):
             obs = observed[start : start + chunk]
             teacher_logits = self._head(teacher_sel[start : start + chunk])

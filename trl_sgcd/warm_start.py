@@ -54,6 +54,7 @@ def sft_warm_start(
     batch_size: int = 8,
     seed: int = 0,
     show_progress: bool = False,
+    warmup_steps: int = 5,
 ) -> str:
     """Supervised warm start on the scripted expert's conversations; returns the saved checkpoint's path."""
     from trl import SFTConfig, SFTTrainer
@@ -66,7 +67,7 @@ def sft_warm_start(
         num_train_epochs=num_epochs,
         learning_rate=learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=5,
+        warmup_steps=warmup_steps,
         assistant_only_loss=True,
         max_length=1024,
         bf16=False,
