@@ -576,3 +576,24 @@ def test_fused_student_pass_is_refused_where_it_would_not_be_exact(tiny_model_pa
     assert auto._fuse_student is False  # "auto" falls back to the separate pass
     auto.model.config.attention_dropout = 0.1
     assert "attention_dropout" in _active_dropout(auto.model)
+
+
+def test_lora_policy_fuses_the_student_pass_unless_its_dropout_is_active(tiny_model_path, tmp_path):
+    from peft import LoraConfig
+
+    for dropout, fused in ((0.0, True), (0.05, False)):
+        trainer = SGCDGRPOTrainer(
+            model=tiny_model_path,
+            reward_funcs=parity_reward,
+            args=_args(tmp_path / str(dropout), dynamic_sampling=False, bf16=False),
+            train_dataset=_dataset(),
+            credit_reference=fixed_reference,
+            peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=dropout),
+        )
+        assert trainer._fuse_student is fused
+        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "sgcd/weights/mean" in h]
+        assert logs and any(h["sgcd/weights/max"] > 1 for h in logs)
+        assert all((h["sgcd/scoring/student_tokens"] == 0) is fused for h in logs)
+        assert any(not torch.equal(adapter[n], p) for n, p in trainer.model.named_parameters() if n in adapter)
