@@ -1,6 +1,6 @@
 """A CPU-scale miniature of the paper's comparisons on the built-in offline airline environment.
 
-    python benchmarks/reproduce.py                 # full run (about an hour on 2 CPU cores)
+    python benchmarks/reproduce.py                 # full run (about 45 minutes on one CPU core)
     python benchmarks/reproduce.py --quick         # the whole pipeline with minimal budgets (a CI smoke test)
 
 1. Warm start: a tiny locally built model, SFT on the scripted expert's conversations (the paper's τ³ SFT start).
@@ -101,14 +101,15 @@ def deviation_token_mask(record: dict) -> list[int] | None:
     return mask if any(mask) else None
 
 
-def credit_precision(dump_dir: Path) -> dict[str, float]:
+def credit_precision(dump_dir: Path, category: str | None = None) -> dict[str, float]:
     """Extra weight on the deviation tokens of failed rollouts, against their share of credit tokens.
 
     Pooled: `Σ (W-1) on deviation tokens / Σ (W-1)` over all scored rollouts, against the pooled token share. Pooling
     favours deviation tokens even without localisation (short failures have both a larger deviation share and more
     weight per token under `uniform`), so the per-rollout version is reported too: within each rollout that received
     extra weight, the share of its extra weight on its deviation tokens, against its own deviation-token share; a
-    rollout-level `uniform` weight gives exactly lift 1 there.
+    rollout-level `uniform` weight gives exactly lift 1 there. With `category`, only that task category's rollouts
+    count (e.g. `"action"`, where the first deviation is a wrong write call or argument).
     """
     extra_on_dev = extra_total = dev_tokens = credit_tokens = 0.0
     per_rollout_precision, per_rollout_share = [], []
@@ -117,6 +118,8 @@ def credit_precision(dump_dir: Path) -> dict[str, float]:
         for line in path.read_text().splitlines():
             record = json.loads(line)
             if record["reference"] is None or record["success"]:
+                continue
+            if category is not None and record.get("metadata", {}).get("category") != category:
                 continue
             mask = deviation_token_mask(record)
             if mask is None:
@@ -154,6 +157,14 @@ def credit_precision(dump_dir: Path) -> dict[str, float]:
         else nan,
         "failed_rollouts_scored": rollouts,
         "rollouts_with_extra_weight": len(per_rollout_precision),
+    }
+
+
+def _precision_metrics(dump_dir: Path) -> dict[str, float]:
+    action = credit_precision(dump_dir, category="action")
+    return credit_precision(dump_dir) | {
+        "action_rollout_precision_lift": action["rollout_precision_lift"],
+        "action_rollouts_with_extra_weight": action["rollouts_with_extra_weight"],
     }
 
 
@@ -219,7 +230,7 @@ def train_mode(sft: str, mode: str, seed: int, args, out: Path) -> dict:
         },
         "eval": evaluate_checkpoint(str(run_dir / "final"), args.eval_tasks),
     }
-    result.update(credit_precision(run_dir / "sgcd_credit"))
+    result.update(_precision_metrics(run_dir / "sgcd_credit"))
     (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
@@ -243,10 +254,11 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
     rows, summary = [], {"warm_start": warm, "modes": {}}
     header = (
         "| mode | pass@1 (95% CI over seeds) | action | information | zero-tool success share (last 5 steps) "
-        "| tool calls / success | credit precision | deviation-token share | lift | per-rollout lift |"
+        "| tool calls / success | credit precision | deviation-token share | lift | per-rollout lift "
+        "| per-rollout lift, action tasks |"
     )
     rows.append(header)
-    rows.append("|" + "---|" * 10)
+    rows.append("|" + "---|" * 11)
     for mode in MODES:
         runs = [r for r in results if r["mode"] == mode]
         if not runs:
@@ -269,6 +281,7 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
             "deviation_token_share": [r["deviation_token_share"] for r in runs],
             "precision_lift": [r["precision_lift"] for r in runs],
             "rollout_precision_lift": [r.get("rollout_precision_lift", float("nan")) for r in runs],
+            "action_rollout_precision_lift": [r.get("action_rollout_precision_lift", float("nan")) for r in runs],
         }
         summary["modes"][mode] = entry
         rows.append(
@@ -276,7 +289,7 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
             f"{_mean_ci(entry['information'])} | {_mean_ci(entry['zero_tool_success_frac'])} | "
             f"{_mean_ci(entry['tool_calls_per_success'])} | {_mean_ci(entry['credit_precision'])} | "
             f"{_mean_ci(entry['deviation_token_share'])} | {_mean_ci(entry['precision_lift'])} | "
-            f"{_mean_ci(entry['rollout_precision_lift'])} |"
+            f"{_mean_ci(entry['rollout_precision_lift'])} | {_mean_ci(entry['action_rollout_precision_lift'])} |"
         )
     return "\n".join(rows), summary
 
@@ -388,7 +401,7 @@ def report_only(out: Path) -> dict:
     results = []
     for path in sorted(out.glob("*-seed*/result.json")):
         result = json.loads(path.read_text())
-        result.update(credit_precision(path.parent / "sgcd_credit"))
+        result.update(_precision_metrics(path.parent / "sgcd_credit"))
         path.write_text(json.dumps(result, indent=1, default=str))
         results.append(result)
     table, modes = summarize(results, summary["warm_start"])

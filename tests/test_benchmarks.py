@@ -65,6 +65,11 @@ def test_credit_precision_counts_extra_weight_on_the_first_deviation(tmp_path):
     assert precision["deviation_token_share"] == pytest.approx(4 / 10)
     assert precision["precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)
     assert precision["rollout_precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)  # one rollout: the same
+    # The category filter reads the dump's task category.
+    record["metadata"]["category"] = "action"
+    (dumps / "step_000001_rank0.jsonl").write_text(json.dumps(record) + "\n")
+    assert reproduce.credit_precision(dumps, category="action")["failed_rollouts_scored"] == 1
+    assert reproduce.credit_precision(dumps, category="information")["failed_rollouts_scored"] == 0
 
 
 def test_per_rollout_precision_removes_the_pooling_effect(tmp_path):
