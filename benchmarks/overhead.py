@@ -261,6 +261,7 @@ def arm_result(args, arm: str, trainer, memory: MemoryWindow) -> dict:
         row["loss_backward"] = h["step_time"] - sum(row.values())
         row["step"] = h["step_time"]
         row["completion_len"] = h.get("completions/mean_length", float("nan"))
+        row["teacher_tokens"] = h.get("sgcd/scoring/teacher_tokens", 0.0)  # tokens the teacher pass processed
         breakdown.append(row)
     result = {
         "step": statistics.median(h["step_time"] for h in logs),
