@@ -259,3 +259,24 @@ def test_native_batch_provider_keeps_its_batch_api_behind_the_sanitizer():
     assert all(secret not in seen for seen in inner.batches[0])
     assert [r is not None for r in outcome.references] == [True, True, False]
     assert outcome.failures == outcome.errors == 1
+
+
+def test_repeated_strings_are_counted_per_occurrence():
+    # Each distinct string is masked once per call and repeats replay the result: counts must stay per occurrence.
+    secret_text = "Mail mia.li@example.com, card 4111 1111 1111 1111, phone +1 415 555 0134."
+    one = SiblingGroup(
+        prompt="task",
+        siblings=[Sibling([{"role": "tool", "content": secret_text}], 1.0, True)],
+    )
+    three = SiblingGroup(
+        prompt="task",
+        siblings=[Sibling([{"role": "tool", "content": secret_text}] * 2, 1.0, True)]
+        + [Sibling([{"role": "tool", "content": secret_text}], 0.0, False)],
+    )
+    single, triple = Sanitizer().sanitize(one), Sanitizer().sanitize(three)
+    assert single.total >= 3
+    assert {k: 3 * v for k, v in single.counts.items()} == triple.counts
+    assert single.masked_values == triple.masked_values
+    masked = single.group.siblings[0].messages[0]["content"]
+    assert all(m["content"] == masked for s in triple.group.siblings for m in s.messages)
+    assert "4111" not in masked and "example.com" not in masked

@@ -40,18 +40,29 @@ def project_to_support(
         `(p, q, support_ids)`: `(N, K + 2)` probabilities of the student and teacher on the support (the last column is
         the tail bucket; a duplicate observed token has probability 0 in both) and the `(N, K + 1)` token ids.
     """
-    vocab = teacher_logprobs.size(-1)
-    k = min(top_k, vocab)
-    top_ids = teacher_logprobs.topk(k, dim=-1).indices  # (N, K)
-    observed = observed_ids.long().unsqueeze(-1)  # (N, 1)
-    support_ids = torch.cat([top_ids, observed], dim=-1)  # (N, K + 1)
-    keep = support_keep(support_ids)  # the observed token counts once when the teacher ranks it in its top-K
+    support_ids, keep = teacher_support(teacher_logprobs, observed_ids, top_k)
+    return _on_support(student_logprobs, support_ids, keep), _on_support(teacher_logprobs, support_ids, keep), support_ids
 
-    p = student_logprobs.gather(-1, support_ids).exp() * keep
-    q = teacher_logprobs.gather(-1, support_ids).exp() * keep
-    p_tail = (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)
-    q_tail = (1.0 - q.sum(-1, keepdim=True)).clamp(min=0.0)
-    return torch.cat([p, p_tail], dim=-1), torch.cat([q, q_tail], dim=-1), support_ids
+
+def teacher_support(
+    teacher_scores: torch.Tensor, observed_ids: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(N, K + 1)` support ids, the teacher's top-K tokens then the observed token, and the mask of entries that
+    count (the observed token counts once when the teacher ranks it in its top-K).
+
+    `teacher_scores` may be logits or log-probabilities (same ranking). The top-K come unsorted: every use of the
+    support is a sum over it, and an unsorted `topk` is about 25% faster on CPU.
+    """
+    k = min(top_k, teacher_scores.size(-1))
+    top_ids = teacher_scores.topk(k, dim=-1, sorted=False).indices  # (N, K)
+    support_ids = torch.cat([top_ids, observed_ids.long().unsqueeze(-1)], dim=-1)  # (N, K + 1)
+    return support_ids, support_keep(support_ids)
+
+
+def _on_support(logprobs: torch.Tensor, support_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`(N, K + 2)` probabilities on the support plus the tail bucket holding the remaining mass."""
+    p = logprobs.gather(-1, support_ids).exp() * keep
+    return torch.cat([p, (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
 
 
 def _kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -171,7 +182,8 @@ def teacher_topk(
     vocab = teacher_logits.size(-1)
     shape = observed_ids.shape
     t = torch.log_softmax(teacher_logits.reshape(-1, vocab).float() / temperature, dim=-1)
-    _, q, support_ids = project_to_support(t, t, observed_ids.reshape(-1), top_k)
+    support_ids, keep = teacher_support(t, observed_ids.reshape(-1), top_k)
+    q = _on_support(t, support_ids, keep)
     keep = q[:, :-1] > 0
     return (
         support_ids.reshape(*shape, -1),

@@ -213,6 +213,7 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         self._metrics: Counter[str] = Counter()
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._unpriced = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, api_base={self.api_base!r})"
@@ -366,11 +367,13 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         hidden = getattr(response, "_hidden_params", None)
         if isinstance(hidden, dict) and isinstance(hidden.get("response_cost"), (int, float)):
             cost = float(hidden["response_cost"])
-        if cost is None:
+        if cost is None and not self._unpriced:
             try:
                 cost = float(litellm.completion_cost(completion_response=response))
             except Exception:  # noqa: BLE001 - unknown or self-hosted models have no price
-                cost = None
+                # A price lookup costs about a millisecond of the event loop per reply; a model without a price
+                # will not get one during the run, so it is looked up once.
+                self._unpriced = True
         if cost is not None:
             usage["cost_usd"] = cost
             self._metrics["cost_usd"] += cost

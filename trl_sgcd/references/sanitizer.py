@@ -205,6 +205,7 @@ _API_KEY_PATTERNS = (
 # Token lengths keep prose such as "basic economy." from looking like HTTP auth.
 _API_KEY_RE = re.compile("|".join(f"(?:{p})" for p in _API_KEY_PATTERNS))
 _DIGIT_RE = re.compile(r"\d")
+_NON_DIGIT_RE = re.compile(r"\D")
 _BEARER_RE = re.compile(
     r"\b((?i:bearer)|Basic)([ \t]+)((?<=Basic[ \t])[A-Za-z0-9+/]{12,}={0,2}|[A-Za-z0-9._~+/\-]{16,}=*)"
 )
@@ -249,8 +250,11 @@ def iban_valid(iban: str) -> bool:
     return number % 97 == 1
 
 
+_NON_KEY_CHARS_RE = re.compile(r"[^a-z0-9]+")
+
+
 def _norm_key(key: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
+    return _NON_KEY_CHARS_RE.sub("_", key.lower()).strip("_")
 
 
 def _literal_regex(literals: Iterable[Any]) -> re.Pattern[str] | None:
@@ -286,6 +290,10 @@ class _Context:
         self.literal_re = literal_re
         self.counts: Counter[str] = Counter()
         self.values: list[tuple[str, str]] = []
+        # Siblings of one task repeat most strings (tool results, ids, answers): each distinct string is masked
+        # once per call, and a repeat replays its result and its hits, so the counts stay per occurrence.
+        self.memo: dict[str, tuple[str, list[tuple[str, str | None]]]] = {}
+        self.hits: list[tuple[str, str | None]] = []
 
 
 class Sanitizer:
@@ -316,6 +324,7 @@ class Sanitizer:
             for key in keys:
                 self._key_category[_norm_key(key)] = category
         self._credential_suffixes = tuple(_norm_key(s.lstrip("_")) for s in cfg.credential_key_suffixes)
+        self._key_memo: dict[str, str | None] = {}  # field names repeat across messages and siblings
         self._oracle_res = [re.compile(p) for p in cfg.oracle_patterns]
         self._pattern_rules: list[tuple[str, re.Pattern[str]]] = []
         if cfg.mask_credentials:
@@ -395,18 +404,22 @@ class Sanitizer:
 
     def _hit(self, ctx: _Context, category: str, value: str | None) -> str:
         ctx.counts[category] += 1
+        ctx.hits.append((category, value))
         if value is not None:
             ctx.values.append((category, value))
         return self.placeholder(category)
 
     def category_of_key(self, key: str) -> str | None:
         """The category of a field name, or `None` when its values are not masked by name."""
+        if key in self._key_memo:
+            return self._key_memo[key]
         norm = _norm_key(key)
-        if norm in self._key_category:
-            return self._key_category[norm]
-        if self._credential_suffixes and any(norm.endswith("_" + s) for s in self._credential_suffixes):
-            return "credential"
-        return None
+        category = self._key_category.get(norm)
+        if category is None and any(norm.endswith("_" + s) for s in self._credential_suffixes):
+            category = "credential"
+        if len(self._key_memo) < 65_536:
+            self._key_memo[key] = category
+        return category
 
     def _mask_messages(self, messages: list[dict[str, Any]], ctx: _Context) -> list[dict[str, Any]]:
         out = []
@@ -494,6 +507,17 @@ class Sanitizer:
         """Masks free text with the regex rules (oracle reports first, contact data last)."""
         if not text:
             return text
+        memo = ctx.memo.get(text)
+        if memo is None:
+            hits_before = len(ctx.hits)
+            masked = self._mask_text_rules(text, ctx)
+            memo = ctx.memo[text] = (masked, ctx.hits[hits_before:])
+        else:
+            for category, value in memo[1]:
+                self._hit(ctx, category, value)
+        return memo[0]
+
+    def _mask_text_rules(self, text: str, ctx: _Context) -> str:
         cfg = self.config
         for regex in self._oracle_res:
             text = regex.sub(lambda m: self._hit(ctx, "oracle", None), text)
@@ -524,7 +548,7 @@ class Sanitizer:
         return text
 
     def _card(self, match: str, ctx: _Context) -> str:
-        digits = re.sub(r"\D", "", match)
+        digits = _NON_DIGIT_RE.sub("", match)
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
             return self._hit(ctx, "payment", match)
         return match
