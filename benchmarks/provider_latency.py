@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from openai_server import Fault, OpenAIStubServer, airline_group, always  # noqa: E402
+from openai_server import Fault, OpenAIStubServer, airline_group  # noqa: E402
 
 from trl_sgcd.references import LiteLLMCreditReference, resolve_references  # noqa: E402
 from trl_sgcd.references.litellm_provider import import_litellm  # noqa: E402

@@ -41,7 +41,11 @@ def project_to_support(
         the tail bucket; a duplicate observed token has probability 0 in both) and the `(N, K + 1)` token ids.
     """
     support_ids, keep = teacher_support(teacher_logprobs, observed_ids, top_k)
-    return _on_support(student_logprobs, support_ids, keep), _on_support(teacher_logprobs, support_ids, keep), support_ids
+    return (
+        _on_support(student_logprobs, support_ids, keep),
+        _on_support(teacher_logprobs, support_ids, keep),
+        support_ids,
+    )
 
 
 def teacher_support(
