@@ -169,6 +169,7 @@ class OpenAIStubServer:
             self._attempts: Counter[str] = Counter()
             self.in_flight = 0
             self.max_in_flight = 0
+            self.connections = 0
 
     @property
     def port(self) -> int:
@@ -260,6 +261,11 @@ def _make_handler(server: OpenAIStubServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
             return
+
+        def setup(self) -> None:  # once per TCP connection (HTTP/1.1 keeps it open across requests)
+            super().setup()
+            with server._lock:
+                server.connections += 1
 
         def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)

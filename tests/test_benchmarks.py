@@ -143,6 +143,22 @@ def test_overhead_benchmark_prints_its_ratios(tmp_path):
     assert lengths["grpo"] == lengths["sgcd"]
 
 
+def test_provider_latency_benchmark_runs_the_calls_concurrently():
+    latency, groups = 0.3, 6
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "provider_latency.py"), "--groups", str(groups), "--latency",
+         str(latency), "--repeats", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    fields = dict(item.split("=") for item in last.split())
+    assert int(fields["groups"]) == groups and "server=process" in result.stdout
+    # One call's latency, not `groups` of them: calls in series would give a ratio of at least 6.
+    assert 1.0 <= float(fields["ratio"]) < 2.5
+    assert "max_in_flight=6" in result.stdout
+
+
 def test_live_tensor_bytes_counts_the_peak_of_live_storage():
     overhead = _load("overhead")
     with overhead.LiveTensorBytes() as memory:

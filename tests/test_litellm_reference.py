@@ -64,6 +64,34 @@ def _groups(n: int, start: int = 0):
     return [airline_group(task_id=f"task-{i}", kinds=kinds[i % len(kinds)]) for i in range(start, start + n)]
 
 
+def test_connections_are_kept_across_steps(server):
+    # Every step's calls run on one long-lived event loop, so litellm's HTTP client (cached per loop) keeps its
+    # connections: later steps open none (a fresh loop per step would reconnect, and re-handshake TLS, every step).
+    provider = _provider(server)
+    opened = []
+    for step in range(3):
+        server.reset()
+        outcome = resolve_references(provider, _groups(4, start=4 * step), max_concurrency=4, timeout=30)
+        assert outcome.failures == 0 and server.request_count == 4
+        opened.append(server.connections)
+    assert opened[0] >= 1 and opened[1:] == [0, 0]
+
+
+def test_calls_from_a_running_event_loop_and_from_threads(server):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    provider = _provider(server)
+
+    async def inside_a_notebook_loop():
+        return provider.build(_groups(1)[0])
+
+    assert asyncio.run(inside_a_notebook_loop()).text.startswith("## State checks")
+    with ThreadPoolExecutor(2) as pool:  # the trainer prefetches a round's calls from a worker thread
+        outcomes = list(pool.map(lambda g: resolve_references(provider, g, timeout=30), [_groups(2), _groups(2, 2)]))
+    assert all(o.failures == 0 and len(o.references) == 2 for o in outcomes)
+
+
 def test_happy_path(server):
     provider = _provider(server)
     outcome = resolve_references(provider, _groups(3), max_concurrency=4, timeout=30)

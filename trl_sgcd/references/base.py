@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -182,25 +184,38 @@ def resolve_references(
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs a coroutine to completion from synchronous code.
+    """Runs a coroutine to completion from synchronous code, on the provider event loop (`provider_loop`).
 
-    Uses `asyncio.run` when no loop is running; inside a running loop (Jupyter), runs it on a helper thread.
+    Safe from any thread and inside a running loop (a notebook), since the coroutine never runs on the caller's loop.
+    If the caller is interrupted, the coroutine is cancelled.
     """
+    future = asyncio.run_coroutine_threadsafe(coro, provider_loop())
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
 
-    thread = threading.Thread(target=target, name="sgcd-provider", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+_SYNC_WORKERS = 64  # threads for sync callables (`asyncio.to_thread`); the per-step concurrency bound still applies
+_loop_lock = threading.Lock()
+_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+
+
+def provider_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every provider call runs on: one per process, on a daemon thread, for the whole run.
+
+    One loop instead of a fresh `asyncio.run` per step lets HTTP clients keep their connections across steps (litellm
+    caches its clients per event loop, so a new loop each step would mean new connections, and TLS handshakes, each
+    step), keeps loop-bound objects such as semaphores valid, and lets a sync provider that hangs past its timeout
+    hold one worker thread instead of the step (`asyncio.run` would wait for it at shutdown). A process forked after
+    the loop started gets a new one.
+    """
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop[0] != os.getpid() or _loop[1].is_closed():
+            loop = asyncio.new_event_loop()
+            loop.set_default_executor(ThreadPoolExecutor(_SYNC_WORKERS, thread_name_prefix="sgcd-provider-sync"))
+            threading.Thread(target=loop.run_forever, name="sgcd-provider-loop", daemon=True).start()
+            _loop = (os.getpid(), loop)
+        return _loop[1]
