@@ -4,8 +4,8 @@
     python benchmarks/overhead_sweep.py --steps 6 --warmup 2 # a faster, noisier sweep
     python benchmarks/overhead_sweep.py --student-pass separate --out outputs/overhead_sweep_separate
 
-Runs `benchmarks/overhead.py` once per configuration (each arm in its own process, as that script does) and plots
-both ratios against the configuration.
+Runs `benchmarks/overhead.py` once per configuration (a fresh process per configuration, both arms alternating step
+by step inside it, as that script does) and plots both ratios against the configuration.
 """
 
 from __future__ import annotations
