@@ -160,12 +160,57 @@ def credit_precision(dump_dir: Path, category: str | None = None) -> dict[str, f
     }
 
 
+POSITIONS = ("before", "on", "after")
+
+
+def weight_position(dump_dir: Path) -> dict[str, float]:
+    """Where the extra weight of failed rollouts lands relative to their first deviation: before, on or after it.
+
+    Per rollout that received extra weight, the share of its `Σ (W − 1)` on the credit tokens before the deviation's
+    first token, on the deviation, and after its last token, against those tokens' shares of the rollout's credit
+    tokens; both averaged over rollouts. `lift_<position>` = weight share / token share (1 everywhere for `uniform`).
+    Says where a mode's weight goes when it misses the deviation.
+    """
+    weight_shares: dict[str, list[float]] = {k: [] for k in POSITIONS}
+    token_shares: dict[str, list[float]] = {k: [] for k in POSITIONS}
+    for path in sorted(dump_dir.glob("step_*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["reference"] is None or record["success"]:
+                continue
+            mask = deviation_token_mask(record)
+            if mask is None:
+                continue
+            first, last = mask.index(1), len(mask) - 1 - mask[::-1].index(1)
+            credit = [t for t, c in enumerate(record["credit_mask"]) if c]
+            extra = sum(record["weights"][t] - 1.0 for t in credit)
+            if extra <= 1e-9:
+                continue
+            where = {"before": lambda t: t < first, "on": lambda t: mask[t] == 1, "after": lambda t: t > last}
+            for position, inside in where.items():
+                tokens = [t for t in credit if inside(t)]
+                weight_shares[position].append(sum(record["weights"][t] - 1.0 for t in tokens) / extra)
+                token_shares[position].append(len(tokens) / len(credit))
+    result: dict[str, float] = {}
+    for position in POSITIONS:
+        weight = statistics.mean(weight_shares[position]) if weight_shares[position] else float("nan")
+        share = statistics.mean(token_shares[position]) if token_shares[position] else float("nan")
+        result[f"weight_{position}"] = weight
+        result[f"tokens_{position}"] = share
+        result[f"lift_{position}"] = weight / share if share else float("nan")
+    return result
+
+
 def _precision_metrics(dump_dir: Path) -> dict[str, float]:
     action = credit_precision(dump_dir, category="action")
-    return credit_precision(dump_dir) | {
-        "action_rollout_precision_lift": action["rollout_precision_lift"],
-        "action_rollouts_with_extra_weight": action["rollouts_with_extra_weight"],
-    }
+    return (
+        credit_precision(dump_dir)
+        | {
+            "action_rollout_precision_lift": action["rollout_precision_lift"],
+            "action_rollouts_with_extra_weight": action["rollouts_with_extra_weight"],
+        }
+        | weight_position(dump_dir)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -283,6 +328,8 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
             "rollout_precision_lift": [r.get("rollout_precision_lift", float("nan")) for r in runs],
             "action_rollout_precision_lift": [r.get("action_rollout_precision_lift", float("nan")) for r in runs],
         }
+        entry.update({f"weight_{p}": [r.get(f"weight_{p}", float("nan")) for r in runs] for p in POSITIONS})
+        entry.update({f"tokens_{p}": [r.get(f"tokens_{p}", float("nan")) for r in runs] for p in POSITIONS})
         summary["modes"][mode] = entry
         rows.append(
             f"| `{mode}` | {_mean_ci(entry['pass@1'])} | {_mean_ci(entry['action'])} | "
@@ -291,6 +338,17 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
             f"{_mean_ci(entry['deviation_token_share'])} | {_mean_ci(entry['precision_lift'])} | "
             f"{_mean_ci(entry['rollout_precision_lift'])} | {_mean_ci(entry['action_rollout_precision_lift'])} |"
         )
+    rows += ["", "Where the extra weight of failed rollouts lands: share of `W - 1` (95% CI over seeds) / share of credit "
+             "tokens, per rollout:", ""]  # fmt: skip
+    rows.append("| mode | before the first deviation | on it | after it |")
+    rows.append("|---|---|---|---|")
+    for mode, entry in summary["modes"].items():
+        if all(v != v for v in entry["weight_on"]):
+            continue
+        cells = [
+            f"{_mean_ci(entry[f'weight_{p}'])} / {statistics.mean(entry[f'tokens_{p}']):.3f}" for p in POSITIONS
+        ]
+        rows.append(f"| `{mode}` | " + " | ".join(cells) + " |")
     return "\n".join(rows), summary
 
 

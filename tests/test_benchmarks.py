@@ -65,6 +65,12 @@ def test_credit_precision_counts_extra_weight_on_the_first_deviation(tmp_path):
     assert precision["deviation_token_share"] == pytest.approx(4 / 10)
     assert precision["precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)
     assert precision["rollout_precision_lift"] == pytest.approx((2.0 / 2.5) / 0.4)  # one rollout: the same
+    # Where the extra weight lands: nothing before the deviation, 2.0 of 2.5 on it, 0.5 after (the final answer).
+    position = reproduce.weight_position(dumps)
+    assert position["weight_before"] == 0.0 and position["tokens_before"] == pytest.approx(0.4)
+    assert position["weight_on"] == pytest.approx(0.8) and position["tokens_on"] == pytest.approx(0.4)
+    assert position["weight_after"] == pytest.approx(0.2) and position["tokens_after"] == pytest.approx(0.2)
+    assert position["lift_on"] == pytest.approx(2.0)
     # The category filter reads the dump's task category.
     record["metadata"]["category"] = "action"
     (dumps / "step_000001_rank0.jsonl").write_text(json.dumps(record) + "\n")
