@@ -1,6 +1,7 @@
 """A CPU-scale miniature of the paper's comparisons on the built-in offline airline environment.
 
-    python benchmarks/reproduce.py                 # full run (about 45 minutes on one CPU core)
+    python benchmarks/reproduce.py                 # full run, 25 RL steps (about 45 minutes on one CPU core)
+    python benchmarks/reproduce.py --steps 100 --modes off sgcd uniform sibling_context   # the longer follow-up
     python benchmarks/reproduce.py --quick         # the whole pipeline with minimal budgets (a CI smoke test)
 
 1. Warm start: a tiny locally built model, SFT on the scripted expert's conversations (the paper's τ³ SFT start).
@@ -11,7 +12,8 @@
 3. Reported per mode: held-out greedy pass@1 (mean over seeds and a 95% t-interval), success on action vs
    information-only tasks, the zero-tool audit over training, and *credit precision*: the share of the extra weight
    `W - 1` that lands on the tokens where a failed sibling first leaves the expert's path (known exactly in this
-   environment, `first_deviation`), against the share those tokens have of all credit-eligible tokens.
+   environment, `first_deviation`), against the share those tokens have of all credit-eligible tokens; and where the
+   rest lands (before or after the deviation, `weight_position`).
 
 Results go to `--out`: a JSON file per run, `summary.json`, `results_table.md` and two PNG plots. `docs/results.md`
 reports a full run and reads it.
@@ -186,9 +188,12 @@ def weight_position(dump_dir: Path) -> dict[str, float]:
             extra = sum(record["weights"][t] - 1.0 for t in credit)
             if extra <= 1e-9:
                 continue
-            where = {"before": lambda t: t < first, "on": lambda t: mask[t] == 1, "after": lambda t: t > last}
-            for position, inside in where.items():
-                tokens = [t for t in credit if inside(t)]
+            positions = {
+                "before": [t for t in credit if t < first],
+                "on": [t for t in credit if mask[t]],
+                "after": [t for t in credit if t > last],
+            }
+            for position, tokens in positions.items():
                 weight_shares[position].append(sum(record["weights"][t] - 1.0 for t in tokens) / extra)
                 token_shares[position].append(len(tokens) / len(credit))
     result: dict[str, float] = {}
