@@ -350,9 +350,7 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
     for mode, entry in summary["modes"].items():
         if all(v != v for v in entry["weight_on"]):
             continue
-        cells = [
-            f"{_mean_ci(entry[f'weight_{p}'])} / {statistics.mean(entry[f'tokens_{p}']):.3f}" for p in POSITIONS
-        ]
+        cells = [f"{_mean_ci(entry[f'weight_{p}'])} / {statistics.mean(entry[f'tokens_{p}']):.3f}" for p in POSITIONS]
         rows.append(f"| `{mode}` | " + " | ".join(cells) + " |")
     return "\n".join(rows), summary
 
