@@ -1,6 +1,7 @@
 """Provider-stage latency of one training step: N mixed groups through `LiteLLMCreditReference` + `resolve_references`.
 
     python benchmarks/provider_latency.py --groups 32 --latency 1.0
+    python benchmarks/provider_latency.py --trainer --groups 4 --latency 1.0 --max-concurrency 2 --repeats 6
 
 A loopback OpenAI-compatible server (`tests/openai_server.py`) answers every request after `--latency` seconds, so
 the numbers measure our concurrency and overhead (sanitizer, prompt, litellm, HTTP), not a real model. With enough
@@ -122,6 +123,82 @@ def time_stage(provider, groups, args) -> float:
     return elapsed
 
 
+def trainer_stage(args) -> None:
+    """The provider stage inside training with dynamic sampling, with and without prefetching (`--trainer`).
+
+    A tiny local model, `--groups` prompts per step of 8 siblings, a reward that only half of the prompts can be
+    mixed under (so steps resample), and an async provider that answers after `--latency` seconds with at most
+    `--max-concurrency` calls in flight. Reports the median of `sgcd/timing/provider_s`, the time the step waits for
+    references after its last generation round, per arm.
+    """
+    import asyncio
+    import tempfile
+
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from trl_sgcd import SGCDConfig, SGCDGRPOTrainer
+    from trl_sgcd.tiny_model import make_tiny_model
+
+    torch.set_num_threads(1)
+    model = make_tiny_model(os.path.join(tempfile.mkdtemp(prefix="sgcd-provider-"), "model"))
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"check flight F{i} for user u{i}"}]} for i in range(64)]
+    )
+
+    def half_mixable(prompts, completions, **kwargs):  # prompts with an odd flight number never succeed
+        flight = [int(p[-1]["content"].split("F")[1].split()[0]) for p in prompts]
+        return [float(f % 2 == 0 and len(c[0]["content"]) % 2 == 0) for f, c in zip(flight, completions, strict=True)]
+
+    async def slow_provider(group):
+        await asyncio.sleep(args.latency)
+        return "State checks: read the flight status first. Failed branches: answering without a lookup."
+
+    results = {}
+    for prefetch in (True, False):
+        config = SGCDConfig(
+            tempfile.mkdtemp(prefix="sgcd-provider-run-"),
+            per_device_train_batch_size=8 * args.groups,
+            num_generations=8,
+            max_completion_length=32,
+            max_steps=args.repeats,
+            max_resample_rounds=3,
+            prefetch_references=prefetch,
+            provider_max_concurrency=args.max_concurrency,
+            learning_rate=1e-6,
+            logging_steps=1,
+            report_to="none",
+            use_cpu=True,
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = SGCDGRPOTrainer(
+            model=model, reward_funcs=half_mixable, args=config, train_dataset=dataset, credit_reference=slow_provider
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        logs = [h for h in trainer.state.log_history if "sgcd/timing/provider_s" in h]
+        results[prefetch] = {
+            "stage": statistics.median(h["sgcd/timing/provider_s"] for h in logs),
+            "rounds": statistics.mean(h["sgcd/sampling/rounds"] for h in logs),
+            "calls": statistics.mean(h["sgcd/provider/calls"] for h in logs),
+            "generation": statistics.median(h["sgcd/timing/generation_s"] for h in logs),
+        }
+    for prefetch, r in results.items():
+        print(
+            f"# prefetch={prefetch}: provider stage {r['stage']:.3f}s (median of {args.repeats} steps), "
+            f"{r['rounds']:.2f} generation rounds and {r['calls']:.1f} provider calls per step, "
+            f"generation {r['generation']:.3f}s per step"
+        )
+    print(
+        f"prefetch_stage_ratio={results[True]['stage'] / args.latency:.2f} "
+        f"no_prefetch_stage_ratio={results[False]['stage'] / args.latency:.2f} single_call_latency_s={args.latency:g} "
+        f"groups={args.groups} max_concurrency={args.max_concurrency}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=32, help="mixed groups in the step")
@@ -129,9 +206,15 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=32, help="provider and resolve concurrency bound")
     parser.add_argument("--repeats", type=int, default=3, help="steps to time; the median is reported")
     parser.add_argument("--server-thread", action="store_true", help="run the server in this process")
+    parser.add_argument(
+        "--trainer", action="store_true", help="measure the stage inside training, with and without prefetching"
+    )
     args = parser.parse_args()
     if args.latency <= 0:
         parser.error("--latency must be > 0 (the ratio is stage time / latency)")
+    if args.trainer:
+        trainer_stage(args)
+        return
 
     import_litellm()
     os.environ.setdefault("SGCD_BENCH_KEY", "loopback-dummy-key")

@@ -99,6 +99,8 @@ class SGCDConfig(GRPOConfig):
             With dynamic sampling, start each round's provider calls as soon as its mixed groups are known, so they
             run while the next rounds generate. Without dynamic sampling there is nothing to overlap with (TRL
             computes rewards and log-probabilities before the trainer sees the batch) and the calls run in place.
+            It saves the waves of calls that later rounds' generation hides (which matters when there are more mixed
+            groups than `provider_max_concurrency`), and costs the calls of mixed groups the batch then leaves out.
         reference_position (`str`, *optional*, defaults to `"system"`):
             Where the credit reference goes in the teacher prompt: appended to the system message (created if
             absent) or to the last user message (`"user"`).
