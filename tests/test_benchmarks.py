@@ -165,6 +165,19 @@ def test_provider_latency_benchmark_runs_the_calls_concurrently():
     assert "max_in_flight=6" in result.stdout
 
 
+def test_provider_latency_benchmark_measures_the_stage_inside_training():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "provider_latency.py"), "--trainer", "--groups", "2", "--latency",
+         "0.2", "--repeats", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    fields = dict(item.split("=") for item in result.stdout.strip().splitlines()[-1].split())
+    # The step waits for its last round's calls in both arms, and no call is waited for in series.
+    for arm in ("prefetch_stage_ratio", "no_prefetch_stage_ratio"):
+        assert 0.9 <= float(fields[arm]) < 3.0
+
+
 def test_live_tensor_bytes_counts_the_peak_of_live_storage():
     overhead = _load("overhead")
     with overhead.LiveTensorBytes() as memory:
