@@ -57,3 +57,26 @@ def test_one_loop_for_the_run_and_a_new_one_after_fork():
 def _resolve_in_child(queue) -> None:
     outcome = resolve_references(as_provider(lambda group: "ref"), [_group(0)], timeout=10)
     queue.put(outcome.references[0].text)
+
+
+def test_a_provider_may_call_another_providers_build_from_its_coroutine():
+    # A composite provider falling back to a sync `build` from inside its own coroutine, which runs on the provider
+    # loop: `build` (`run_sync`) must not wait on that same loop.
+    async def summarize(group):
+        return "Deviation points: the first call."
+
+    fallback = as_provider(summarize)
+
+    async def composite(group):
+        return fallback.build(group)
+
+    box = {}
+    worker = threading.Thread(
+        target=lambda: box.update(outcome=resolve_references(as_provider(composite), [_group(0)], timeout=5)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(30)  # a deadlock would block the provider loop itself, so its own timeouts could not fire
+    assert not worker.is_alive(), "run_sync deadlocked on the provider loop"
+    outcome = box["outcome"]
+    assert outcome.failures == 0 and outcome.references[0].text == "Deviation points: the first call."

@@ -187,14 +187,40 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine to completion from synchronous code, on the provider event loop (`provider_loop`).
 
     Safe from any thread and inside a running loop (a notebook), since the coroutine never runs on the caller's loop.
-    If the caller is interrupted, the coroutine is cancelled.
+    If the caller is interrupted, the coroutine is cancelled. Called from a coroutine already on the provider loop
+    (a provider whose `abuild` calls another provider's `build`), it runs the coroutine on a helper thread's own loop
+    instead, since waiting on the provider loop from inside it would never return.
     """
-    future = asyncio.run_coroutine_threadsafe(coro, provider_loop())
+    loop = provider_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        return _run_on_helper_thread(coro)
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
         return future.result()
     except BaseException:
         future.cancel()
         raise
+
+
+def _run_on_helper_thread(coro: Coroutine[Any, Any, T]) -> T:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="sgcd-provider-nested", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 _SYNC_WORKERS = 64  # threads for sync callables (`asyncio.to_thread`); the per-step concurrency bound still applies
