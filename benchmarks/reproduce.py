@@ -103,6 +103,21 @@ def deviation_token_mask(record: dict) -> list[int] | None:
     return mask if any(mask) else None
 
 
+def _scored_failures(dump_dir: Path, category: str | None = None):
+    """`(record, first-deviation mask)` of every failed rollout in the credit dumps whose group had a reference and
+    whose deviation is known; with `category`, only that task category's."""
+    for path in sorted(dump_dir.glob("step_*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["reference"] is None or record["success"]:
+                continue
+            if category is not None and record.get("metadata", {}).get("category") != category:
+                continue
+            mask = deviation_token_mask(record)
+            if mask is not None:
+                yield record, mask
+
+
 def credit_precision(dump_dir: Path, category: str | None = None) -> dict[str, float]:
     """Extra weight on the deviation tokens of failed rollouts, against their share of credit tokens.
 
@@ -116,33 +131,24 @@ def credit_precision(dump_dir: Path, category: str | None = None) -> dict[str, f
     extra_on_dev = extra_total = dev_tokens = credit_tokens = 0.0
     per_rollout_precision, per_rollout_share = [], []
     rollouts = 0
-    for path in sorted(dump_dir.glob("step_*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["reference"] is None or record["success"]:
+    for record, mask in _scored_failures(dump_dir, category):
+        rollouts += 1
+        r_extra = r_extra_dev = r_dev = r_tokens = 0.0
+        for w, c, dev in zip(record["weights"], record["credit_mask"], mask, strict=True):
+            if not c:
                 continue
-            if category is not None and record.get("metadata", {}).get("category") != category:
-                continue
-            mask = deviation_token_mask(record)
-            if mask is None:
-                continue
-            rollouts += 1
-            r_extra = r_extra_dev = r_dev = r_tokens = 0.0
-            for w, c, dev in zip(record["weights"], record["credit_mask"], mask, strict=True):
-                if not c:
-                    continue
-                r_tokens += 1
-                r_extra += w - 1.0
-                if dev:
-                    r_dev += 1
-                    r_extra_dev += w - 1.0
-            credit_tokens += r_tokens
-            dev_tokens += r_dev
-            extra_total += r_extra
-            extra_on_dev += r_extra_dev
-            if r_extra > 1e-9 and r_tokens:
-                per_rollout_precision.append(r_extra_dev / r_extra)
-                per_rollout_share.append(r_dev / r_tokens)
+            r_tokens += 1
+            r_extra += w - 1.0
+            if dev:
+                r_dev += 1
+                r_extra_dev += w - 1.0
+        credit_tokens += r_tokens
+        dev_tokens += r_dev
+        extra_total += r_extra
+        extra_on_dev += r_extra_dev
+        if r_extra > 1e-9 and r_tokens:
+            per_rollout_precision.append(r_extra_dev / r_extra)
+            per_rollout_share.append(r_dev / r_tokens)
     nan = float("nan")
     share = dev_tokens / credit_tokens if credit_tokens else nan
     precision = extra_on_dev / extra_total if extra_total > 0 else nan
@@ -175,27 +181,20 @@ def weight_position(dump_dir: Path) -> dict[str, float]:
     """
     weight_shares: dict[str, list[float]] = {k: [] for k in POSITIONS}
     token_shares: dict[str, list[float]] = {k: [] for k in POSITIONS}
-    for path in sorted(dump_dir.glob("step_*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["reference"] is None or record["success"]:
-                continue
-            mask = deviation_token_mask(record)
-            if mask is None:
-                continue
-            first, last = mask.index(1), len(mask) - 1 - mask[::-1].index(1)
-            credit = [t for t, c in enumerate(record["credit_mask"]) if c]
-            extra = sum(record["weights"][t] - 1.0 for t in credit)
-            if extra <= 1e-9:
-                continue
-            positions = {
-                "before": [t for t in credit if t < first],
-                "on": [t for t in credit if mask[t]],
-                "after": [t for t in credit if t > last],
-            }
-            for position, tokens in positions.items():
-                weight_shares[position].append(sum(record["weights"][t] - 1.0 for t in tokens) / extra)
-                token_shares[position].append(len(tokens) / len(credit))
+    for record, mask in _scored_failures(dump_dir):
+        first, last = mask.index(1), len(mask) - 1 - mask[::-1].index(1)
+        credit = [t for t, c in enumerate(record["credit_mask"]) if c]
+        extra = sum(record["weights"][t] - 1.0 for t in credit)
+        if extra <= 1e-9:
+            continue
+        positions = {
+            "before": [t for t in credit if t < first],
+            "on": [t for t in credit if mask[t]],
+            "after": [t for t in credit if t > last],
+        }
+        for position, tokens in positions.items():
+            weight_shares[position].append(sum(record["weights"][t] - 1.0 for t in tokens) / extra)
+            token_shares[position].append(len(tokens) / len(credit))
     result: dict[str, float] = {}
     for position in POSITIONS:
         weight = statistics.mean(weight_shares[position]) if weight_shares[position] else float("nan")
