@@ -4,12 +4,14 @@ litellm talks to `tests/openai_server.py` through its ordinary HTTP path (`model
 `api_base=http://127.0.0.1:<port>/v1`, a dummy key from the environment). litellm is imported once per session.
 """
 
+import asyncio
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,9 +80,6 @@ def test_connections_are_kept_across_steps(server):
 
 
 def test_calls_from_a_running_event_loop_and_from_threads(server):
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
     provider = _provider(server)
 
     async def inside_a_notebook_loop():
