@@ -44,10 +44,8 @@ KINDS = (
 
 
 def _serve(connection) -> None:
-    """Child process: a stub server whose latency the parent sets; answers `("latency", s)`, `"stats"`, `"stop"`."""
-    server = OpenAIStubServer(plan=lambda body, attempt: Fault("ok", delay=server.latency))
-    server.latency = 0.0
-    with server:
+    """Child process: a `ServerThread` driven by the parent over a pipe (`("latency", s)`, `"stats"`, `"stop"`)."""
+    with ServerThread() as server:
         connection.send(server.base_url)
         while True:
             command = connection.recv()
@@ -56,8 +54,7 @@ def _serve(connection) -> None:
             if command == "stats":
                 connection.send(server.max_in_flight)
                 continue
-            server.reset()
-            server.latency = command[1]
+            server.set_latency(command[1])
             connection.send("ok")
 
 
@@ -89,7 +86,7 @@ class ServerProcess:
 
 
 class ServerThread:
-    """The same server as a thread of this process."""
+    """The stub server as a thread of this process; every request waits the latency last set."""
 
     def __enter__(self) -> ServerThread:
         self.server = OpenAIStubServer(plan=lambda body, attempt: Fault("ok", delay=self.latency))
