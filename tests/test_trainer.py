@@ -101,7 +101,6 @@ def _spy_weights(trainer):
         ({"divergence_top_k": 0}, "divergence_top_k must be >= 1, got 0"),
         ({"credit_mode": "magic"}, "credit_mode='magic'"),
         ({"divergence": "kl"}, "divergence='kl'"),
-        ({"importance_sampling_level": "sequence"}, "importance_sampling_level='sequence'"),
         ({"num_generations": 1, "per_device_train_batch_size": 2}, "num_generations=1"),
         ({"reference_template": "no placeholder"}, "reference_template must contain"),
         ({"segment_max_fraction": 0.0}, "segment_max_fraction must be in"),
@@ -113,9 +112,9 @@ def test_config_rejects_bad_values(tmp_path, overrides, match):
         _args(tmp_path, **overrides)
 
 
-def test_sequence_level_is_allowed_for_the_matched_control(tmp_path):
-    args = _args(tmp_path, importance_sampling_level="sequence", credit_mode="off")
-    assert args.credit_mode == "off"
+def test_sequence_level_is_allowed_in_every_mode(tmp_path):
+    for mode in MODES:
+        assert _args(tmp_path, importance_sampling_level="sequence", credit_mode=mode).credit_mode == mode
 
 
 def test_trainer_rejects_plain_grpo_config_and_missing_dataset(tiny_model_path, tmp_path):

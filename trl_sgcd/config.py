@@ -9,7 +9,7 @@ from .credit.segmenter import SegmenterConfig
 
 
 CREDIT_MODES = ("sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo")
-# Modes whose signal is a per-token weight or advantage; sequence-level importance sampling would average it away.
+# Modes whose signal is a per-token weight or advantage: with importance_sampling_level='sequence' they run GSPO-token.
 TOKEN_LEVEL_MODES = ("sgcd", "uniform", "sibling_context", "sdpo")
 FUSABLE_MODES = ("sgcd", "uniform", "sibling_context")  # modes whose weights `student_pass="fused"` can form
 STUDENT_PASSES = ("auto", "fused", "separate")
@@ -258,12 +258,6 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(
                 f"dynamic_sampling needs groups of at least 2 siblings to find mixed groups, got "
                 f"num_generations={self.num_generations}."
-            )
-        if self.importance_sampling_level == "sequence" and self.credit_mode in TOKEN_LEVEL_MODES:
-            raise ValueError(
-                f"importance_sampling_level='sequence' averages per-token weights over each sequence, which erases the "
-                f"credit signal of credit_mode={self.credit_mode!r}. Use importance_sampling_level='token', or "
-                f"credit_mode='off'."
             )
         super().__post_init__()
 

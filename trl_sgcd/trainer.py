@@ -33,10 +33,11 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
-from .config import FUSABLE_MODES, SGCDConfig
+from .config import FUSABLE_MODES, TOKEN_LEVEL_MODES, SGCDConfig
 from .credit import (
     credit_advantages,
     credit_weights,
+    gspo_token_old_logps,
     observed_anchored_divergence,
     saliency_segments,
     student_support_divergence,
@@ -150,6 +151,10 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._timings: dict[str, float] = defaultdict(float)
         self._pending_credit: dict[str, Any] | None = None  # the micro-batch whose weights the loss forward forms
         self._fuse_student = self._resolve_student_pass()
+        # Sequence-level importance sampling in a per-token credit mode runs as GSPO-token on TRL's token path.
+        self._gspo_token = config.importance_sampling_level == "sequence" and config.credit_mode in TOKEN_LEVEL_MODES
+        if self._gspo_token:
+            self.importance_sampling_level = "token"
 
     def _resolve_student_pass(self) -> bool:
         """Whether the student distribution comes from TRL's loss forward (`SGCDConfig.student_pass`)."""
@@ -227,8 +232,13 @@ class SGCDGRPOTrainer(GRPOTrainer):
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # With the student pass fused, this micro-batch's weights are formed inside TRL's loss forward (below).
-        self._pending_credit = inputs if self.model.training and _FUSED_KEYS[0] in inputs else None
+        # With the student pass fused, this micro-batch's weights are formed inside TRL's loss forward (below); with
+        # GSPO-token, its "old" log-probabilities are set there (on a copy: TRL reuses the buffered batch).
+        fused = self.model.training and _FUSED_KEYS[0] in inputs
+        gspo = self._gspo_token and inputs.get("old_per_token_logps") is not None
+        if gspo:
+            inputs = dict(inputs)
+        self._pending_credit = inputs if fused or gspo else None
         try:
             loss = super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -243,13 +253,20 @@ class SGCDGRPOTrainer(GRPOTrainer):
         return loss
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """TRL's log-probability pass; for a micro-batch pending fused credit, it also captures the final hidden
-        states (the backbone output TRL's fused LM head projects) and forms the credit weights from them."""
+        """TRL's log-probability pass. For a loss micro-batch with GSPO-token it replaces the batch's "old"
+        log-probabilities so that TRL's token ratio becomes GSPO-token's (`credit.importance`); for one pending fused
+        credit, it also captures the final hidden states (the backbone output TRL's fused LM head projects) and forms
+        the credit weights from them."""
         inputs, self._pending_credit = self._pending_credit, None
-        if inputs is None:
-            return super()._get_per_token_logps_and_entropies(
+        if inputs is None or _FUSED_KEYS[0] not in inputs:
+            result = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
+            if inputs is not None:
+                inputs["old_per_token_logps"] = gspo_token_old_logps(
+                    result[0], inputs["old_per_token_logps"], _loss_mask(inputs)
+                )
+            return result
         captured: list[torch.Tensor] = []
 
         def capture(module, module_args, output):
@@ -265,6 +282,10 @@ class SGCDGRPOTrainer(GRPOTrainer):
             handle.remove()
         hidden = torch.cat(captured)[:, -logits_to_keep - 1 : -1]
         self._fused_credit(inputs, hidden, result[0].detach())
+        if self._gspo_token and inputs.get("old_per_token_logps") is not None:
+            inputs["old_per_token_logps"] = gspo_token_old_logps(
+                result[0], inputs["old_per_token_logps"], _loss_mask(inputs)
+            )
         return result
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ from .divergence import (
     teacher_divergence,
     teacher_topk,
 )
+from .importance import gspo_token_old_logps, sequence_log_ratio
 from .segmenter import SegmenterConfig, Span, robust_zscore, saliency_segments
 from .weights import credit_advantages, credit_weights, uniform_weights
 
@@ -21,10 +22,12 @@ __all__ = [
     "Span",
     "credit_advantages",
     "credit_weights",
+    "gspo_token_old_logps",
     "observed_anchored_divergence",
     "project_to_support",
     "robust_zscore",
     "saliency_segments",
+    "sequence_log_ratio",
     "student_support_divergence",
     "support_divergence",
     "support_entropy",
