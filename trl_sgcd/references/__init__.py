@@ -22,6 +22,7 @@ from .base import (
 from .cache import ReferenceCache, cache_key
 from .contrast import ContrastCreditReference, SiblingContextReference, tool_sequence
 from .litellm_provider import LiteLLMCreditReference, ProviderCallError
+from .oracle import OracleCreditReference
 from .prompt import (
     PROMPT_VERSION,
     ROLE,
@@ -58,6 +59,7 @@ __all__ = [
     "CreditReferenceError",
     "CreditReferenceProvider",
     "LiteLLMCreditReference",
+    "OracleCreditReference",
     "ProviderCallError",
     "ProviderOutcome",
     "ReferenceCache",
