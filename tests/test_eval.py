@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trl_sgcd.cli import main
+from trl_sgcd.envs.appworld import AppWorldEnv
 from trl_sgcd.envs.offline_airline import (
     CATEGORIES,
     OfflineAirlineEnv,
@@ -96,7 +97,7 @@ def test_summarize_computes_pass_k_categories_audit_and_appworld_metrics(tmp_pat
         _record("s2_1", 0, False, "info", calls=3, reward=math.nan),
         _record("s2_1", 1, False, "info", calls=3),
     ]
-    result = summarize(episodes, appworld=True, config={"environment": "toy"})
+    result = summarize(episodes, config={"environment": "toy"}, environment_metrics=AppWorldEnv)
     m = result.metrics
     assert m["pass@1"] == pytest.approx(0.5)  # task rates 1, 0.5, 0
     assert m["pass^2"] == pytest.approx(1 / 3)

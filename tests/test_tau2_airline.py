@@ -33,6 +33,7 @@ from trl_sgcd.envs.tau2_airline import (  # noqa: E402
     task_category,
     tau2_airline_reward,
 )
+from trl_sgcd.envs.tau2_airline.runtime import _tau2  # noqa: E402
 
 
 # Covers every category, tasks with required messages, and several write tools.
@@ -160,7 +161,7 @@ def test_wrong_write_scores_zero(env):
 
 def test_reward_matches_tau2_own_constructor(env):
     """Our copy-on-write environments score exactly like tau2's registry constructor."""
-    t2 = tau2_airline._tau2()
+    t2 = _tau2()
     for task_id, wrong in [("7", False), ("0", True)]:
         task = task_by_id(task_id)
         replay_reference(env, task)
@@ -378,7 +379,7 @@ def test_tau2_orchestrator_evaluation_speaks_the_training_protocol(monkeypatch):
     assert "send_message_to_user" in agent_requests[0]["messages"][0]["content"]  # the training system prompt
     assert agent_requests[1]["messages"][-1]["role"] == "tool"  # the lookup result
     assert server.requests["user"][1]["messages"][-1]["content"] == "Sorry, reservation EHGLP3 cannot be cancelled."
-    assert tau2_airline.register_toolified_agent() in tau2_airline._tau2().registry.get_agents()
+    assert tau2_airline.register_toolified_agent() in _tau2().registry.get_agents()
     summary = tau2_airline.summarize_pass_at_1(records + [{"task_id": "7", "category": "action", "success": False}])
     assert summary == {"pass@1": 0.5, "pass@1/action": 0.0, "pass@1/no_action": 1.0, "num_tasks": 2.0}
 
@@ -428,7 +429,7 @@ def test_project_eval_harness_scores_once_per_episode():
 
 
 def test_dataset_and_categories():
-    t2 = tau2_airline._tau2()
+    t2 = _tau2()
     train, test = make_tau2_dataset("train"), make_tau2_dataset("test")
     assert (len(train), len(test)) == (30, 20)
     assert not set(train["task_id"]) & set(test["task_id"])
@@ -447,7 +448,7 @@ def test_dataset_and_categories():
 
 
 def test_user_task_file_and_split_guard(tmp_path):
-    t2 = tau2_airline._tau2()
+    t2 = _tau2()
     raw = json.loads(t2.tasks_path.read_text())[:3]  # a user-provided file, e.g. τ³'s tasks.json from a clone
     tasks_path = tmp_path / "tasks.json"
     tasks_path.write_text(json.dumps(raw))
@@ -481,9 +482,7 @@ def test_tau3_task_file():
 def test_module_imports_without_tau2():
     code = (
         "import sys; sys.modules['tau2'] = None\n"  # makes every `import tau2...` raise ImportError
-        "import importlib.util as u\n"  # load the file alone: fast, and independent of the package's other imports
-        f"spec = u.spec_from_file_location('tau2_airline', {tau2_airline.__file__!r})\n"
-        "m = u.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "import trl_sgcd.envs.tau2_airline as m\n"
         "assert not m.is_tau2_available()\n"
         "try:\n"
         "    m.Tau2AirlineEnv.factory(user_simulator=m.ScriptedUserSimulator([]))\n"

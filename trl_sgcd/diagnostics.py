@@ -9,6 +9,8 @@ the first occurrence and then every `warn_every` occurrences, instead of stoppin
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import torch
 
@@ -96,3 +98,42 @@ class ValidityGuard:
         if weights_require_grad:
             self._warn("grad_on_weights", "the credit weights carry a gradient; they must be detached.")
         return {f"guard/{k}": float(v) for k, v in self.counts.items()} | {"guard/inert_streak": self._inert_streak}
+
+
+def _call_name(call: Any) -> str | None:
+    if not isinstance(call, dict):
+        return None
+    function = call.get("function")
+    return (function if isinstance(function, dict) else call).get("name")
+
+
+def tool_audit(
+    completions: list[Any], successes: list[bool], communication_tools: Collection[str] = ()
+) -> dict[str, float]:
+    """The paper's zero-tool audit: tool calls per rollout and per success, share of successes with no tool call.
+
+    Calls to `communication_tools` (e.g. τ³'s `send_message_to_user`, which only talks to the customer) are not
+    environment tool calls: a success reached by messaging the user alone counts as zero-tool.
+    """
+    calls = []
+    for completion in completions:
+        messages = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+        calls.append(
+            sum(
+                _call_name(call) not in communication_tools
+                for m in messages
+                if m.get("role") == "assistant"
+                for call in m.get("tool_calls") or []
+            )
+        )
+    success_calls = [n for n, ok in zip(calls, successes, strict=True) if ok]
+    return {
+        "tool_calls_per_rollout": sum(calls) / max(1, len(calls)),
+        "tool_calls_per_success": sum(success_calls) / len(success_calls) if success_calls else 0.0,
+        "zero_tool_success_frac": (sum(n == 0 for n in success_calls) / len(success_calls) if success_calls else 0.0),
+    }
+
+
+def declared_communication_tools(environments: Iterable[Any]) -> frozenset[str]:
+    """The union of the `communication_tools` the environments (instances or classes) declare; empty if none do."""
+    return frozenset(name for env in environments for name in getattr(env, "communication_tools", ()) or ())

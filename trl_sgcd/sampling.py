@@ -135,17 +135,3 @@ def pad_to_width(tensor: torch.Tensor, width: int, value: float, left: bool) -> 
     shape = (tensor.size(0), missing, *tensor.shape[2:])
     filler = torch.full(shape, value, dtype=tensor.dtype, device=tensor.device)
     return torch.cat([filler, tensor] if left else [tensor, filler], dim=1)
-
-
-def tool_audit(completions: list[Any], successes: list[bool]) -> dict[str, float]:
-    """The paper's zero-tool audit: tool calls per rollout and per success, share of successes with no tool call."""
-    calls = [
-        sum(len(m.get("tool_calls") or []) for m in _as_messages(c) if m.get("role") == "assistant")
-        for c in completions
-    ]
-    success_calls = [n for n, ok in zip(calls, successes, strict=True) if ok]
-    return {
-        "tool_calls_per_rollout": sum(calls) / max(1, len(calls)),
-        "tool_calls_per_success": sum(success_calls) / len(success_calls) if success_calls else 0.0,
-        "zero_tool_success_frac": (sum(n == 0 for n in success_calls) / len(success_calls) if success_calls else 0.0),
-    }

@@ -46,10 +46,10 @@ from .credit import (
     teacher_topk,
     uniform_weights,
 )
-from .diagnostics import ValidityGuard, credit_statistics, logger
+from .diagnostics import ValidityGuard, credit_statistics, declared_communication_tools, logger, tool_audit
 from .references import ContrastCreditReference, SiblingContextReference, ensure_sanitized
 from .references.base import ProviderOutcome, resolve_references
-from .sampling import GlobalRollouts, pad_to_width, plan_refill, tool_audit
+from .sampling import GlobalRollouts, pad_to_width, plan_refill
 from .siblings import CreditReference
 from .teacher_context import insert_reference, literal_token_mask
 
@@ -223,7 +223,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 output = super()._generate_and_score_completions(inputs)
             rollouts = self._gather_rollouts()
         successes = [rollouts.success(r) for r in range(len(rollouts))]
-        for name, value in tool_audit(rollouts.completions, successes).items():
+        talk = declared_communication_tools(self.environments or ())
+        for name, value in tool_audit(rollouts.completions, successes, talk).items():
             self._log(f"tools/{name}", value)
         self._log("groups/mixed_frac", len(rollouts.mixed_groups()) / max(1, rollouts.num_groups))
         if self.args.credit_mode != "off":

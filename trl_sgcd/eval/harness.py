@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .metrics import EnvironmentMetrics
 from .policies import Conversation, Policy
 from .results import EpisodeRecord, EvalResult, summarize
 
@@ -291,8 +292,6 @@ def evaluate(
     Returns:
         `EvalResult`
     """
-    from trl_sgcd.envs.appworld import AppWorldEnv  # standard library only: cheap to import
-
     if num_trials < 1:
         raise ValueError(f"num_trials must be >= 1, got {num_trials}.")
     if batch_size < 1:
@@ -303,7 +302,6 @@ def evaluate(
     plan = [(index, trial) for index in range(len(rows)) for trial in range(num_trials)]
     schema_cache: dict[type, list[dict[str, Any]]] = {}
     records: list[EpisodeRecord] = []
-    is_appworld = False
     start = time.perf_counter()
     for batch_number, first in enumerate(range(0, len(plan), batch_size), start=1):
         episodes = []
@@ -315,7 +313,6 @@ def evaluate(
         sources = _reward_sources(reward_funcs, reward_weights, episodes[0].environment)
         rewards = _score(episodes, sources, policy)
         for episode, reward in zip(episodes, rewards, strict=True):
-            is_appworld = is_appworld or isinstance(episode.environment, AppWorldEnv)
             category = episode.row.get(category_column)
             records.append(
                 EpisodeRecord(
@@ -343,7 +340,13 @@ def evaluate(
         success_threshold=success_threshold,
         wall_time_s=round(time.perf_counter() - start, 3),
     )
-    result = summarize(records, appworld=is_appworld, config=settings)
+    environment_class = type(episodes[0].environment)
+    result = summarize(
+        records,
+        config=settings,
+        environment_metrics=environment_class if isinstance(environment_class, EnvironmentMetrics) else None,
+        communication_tools=getattr(environment_class, "communication_tools", ()),
+    )
     if not keep_messages:
         for record in result.episodes:
             record.messages = []

@@ -1,4 +1,5 @@
-"""Pure metric functions of the evaluation harness: pass^k, pass@k, per-category success and a 95% t-interval.
+"""Pure metric functions of the evaluation harness: pass^k, pass@k, per-category success and a 95% t-interval; the
+benchmarks' own summaries (τ³ pass@1, AppWorld TGC/SGC); and `EnvironmentMetrics`, how an environment adds its own.
 
 Standard library only, so they can be imported and tested without torch or TRL.
 """
@@ -6,8 +7,9 @@ Standard library only, so they can be imported and tested without torch or TRL.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
 class MeanCI(NamedTuple):
@@ -137,3 +139,99 @@ def mean_ci95(values: Sequence[float]) -> MeanCI:
     variance = sum((value - mean) ** 2 for value in values) / (n - 1)
     half_width = t_quantile_975(n - 1) * math.sqrt(variance / n)
     return MeanCI(mean, mean - half_width, mean + half_width, n)
+
+
+@runtime_checkable
+class EnvironmentMetrics(Protocol):
+    """An environment class whose evaluation reports metrics of its own (e.g. AppWorld's TGC/SGC).
+
+    `evaluate` calls `evaluation_metrics` once, on the environment class, with one dict per episode: `task_id`, `trial`,
+    `success`, `reward`, `category` and `info` (the environment's `episode_info()`, `{}` without one). The returned
+    metrics are merged into `EvalResult.metrics`.
+    """
+
+    @classmethod
+    def evaluation_metrics(cls, episodes: Sequence[Mapping[str, Any]]) -> Mapping[str, float]: ...
+
+
+def summarize_pass_at_1(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """pass@1 (mean success over tasks, each task averaged over its trials), overall and per task category.
+
+    Args:
+        records: Dicts with `task_id`, `category` and `success` (e.g. from `evaluate_with_tau2_orchestrator`).
+
+    Returns:
+        `{"pass@1": ..., "pass@1/<category>": ..., "num_tasks": ...}`
+    """
+    per_task: dict[str, list[float]] = {}
+    category_of: dict[str, str] = {}
+    for record in records:
+        per_task.setdefault(str(record["task_id"]), []).append(float(record["success"]))
+        category_of[str(record["task_id"])] = record["category"]
+    task_means = {task_id: sum(v) / len(v) for task_id, v in per_task.items()}
+    summary = {"pass@1": sum(task_means.values()) / len(task_means) if task_means else float("nan")}
+    for category in sorted(set(category_of.values())):
+        means = [m for task_id, m in task_means.items() if category_of[task_id] == category]
+        if means:
+            summary[f"pass@1/{category}"] = sum(means) / len(means)
+    summary["num_tasks"] = float(len(task_means))
+    return summary
+
+
+def _percent(numerator: float, denominator: float) -> float:
+    return 100.0 * numerator / denominator if denominator else float("nan")
+
+
+def appworld_metrics(results: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Task and scenario goal completion (TGC, SGC), in percent, overall and per difficulty.
+
+    TGC is the share of tasks whose evaluation succeeded; SGC the share of scenarios (task id prefix before `_`, e.g.
+    `82e2fac` for `82e2fac_1`) all of whose tasks succeeded. A scenario's difficulty is its tasks' highest.
+
+    Each result needs `task_id` and `success`, and `difficulty` for the breakdown (`AppWorldEnv` records these). With
+    several attempts per task (e.g. several generations in evaluation), the k-th attempts of all tasks form run k:
+    TGC and SGC are averaged over runs, so every task must have the same number of attempts.
+
+    Returns:
+        `tgc`, `sgc`, `num_tasks`, `num_scenarios`, `num_runs`, and `tgc/difficulty_{d}`, `sgc/difficulty_{d}` for
+        each difficulty present.
+    """
+    attempts: dict[str, list[bool]] = defaultdict(list)
+    difficulty: dict[str, int] = {}
+    for result in results:
+        task_id = str(result["task_id"])
+        attempts[task_id].append(bool(result["success"]))
+        if result.get("difficulty") is not None:
+            difficulty[task_id] = int(result["difficulty"])
+    if not attempts:
+        return {"tgc": float("nan"), "sgc": float("nan"), "num_tasks": 0, "num_scenarios": 0, "num_runs": 0}
+    attempt_counts = {len(runs) for runs in attempts.values()}
+    if len(attempt_counts) != 1:
+        raise ValueError(f"Every task needs the same number of attempts to aggregate runs, got {attempt_counts}.")
+    num_runs = attempt_counts.pop()
+    scenarios: dict[str, list[str]] = defaultdict(list)
+    for task_id in attempts:
+        scenarios[task_id.split("_")[0]].append(task_id)
+    scenario_difficulty = {
+        scenario: max((difficulty[t] for t in tasks if t in difficulty), default=None)
+        for scenario, tasks in scenarios.items()
+    }
+
+    def tgc(task_ids: list[str]) -> float:
+        return _percent(sum(sum(attempts[t]) for t in task_ids), len(task_ids) * num_runs)
+
+    def sgc(scenario_ids: list[str]) -> float:
+        solved = sum(all(attempts[t][run] for t in scenarios[s]) for s in scenario_ids for run in range(num_runs))
+        return _percent(solved, len(scenario_ids) * num_runs)
+
+    metrics: dict[str, float] = {
+        "tgc": tgc(list(attempts)),
+        "sgc": sgc(list(scenarios)),
+        "num_tasks": len(attempts),
+        "num_scenarios": len(scenarios),
+        "num_runs": num_runs,
+    }
+    for level in sorted(set(difficulty.values())):
+        metrics[f"tgc/difficulty_{level}"] = tgc([t for t in attempts if difficulty.get(t) == level])
+        metrics[f"sgc/difficulty_{level}"] = sgc([s for s in scenarios if scenario_difficulty[s] == level])
+    return metrics

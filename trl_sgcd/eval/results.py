@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .metrics import category_success, mean_ci95, pass_at_k, pass_hat_k
+from .metrics import EnvironmentMetrics, category_success, mean_ci95, pass_at_k, pass_hat_k
 
 
 @dataclass
@@ -102,16 +102,21 @@ def _json_safe(value: Any) -> Any:
 
 
 def summarize(
-    episodes: Sequence[EpisodeRecord], appworld: bool = False, config: dict[str, Any] | None = None
+    episodes: Sequence[EpisodeRecord],
+    config: dict[str, Any] | None = None,
+    environment_metrics: EnvironmentMetrics | None = None,
+    communication_tools: Collection[str] = (),
 ) -> EvalResult:
     """Computes the metrics of a set of episodes (every task must have the same number of trials).
 
     Args:
         episodes: the evaluated rollouts.
-        appworld: also compute AppWorld's TGC/SGC (task ids `<scenario>_<n>`, difficulty from `info`).
         config: settings to record in the result.
+        environment_metrics: an environment class whose `evaluation_metrics` adds metrics of its own (AppWorld's
+            TGC/SGC, from task ids `<scenario>_<n>` and the difficulty in `info`).
+        communication_tools: tools that only talk to the user, left out of the zero-tool audit.
     """
-    from trl_sgcd.sampling import tool_audit
+    from trl_sgcd.diagnostics import tool_audit
 
     if not episodes:
         raise ValueError("No episodes to summarize.")
@@ -137,7 +142,7 @@ def summarize(
     completions = [episode.messages for episode in episodes]
     metrics.update(
         mean_reward=sum(rewards) / len(rewards) if rewards else math.nan,
-        **tool_audit(completions, [episode.success for episode in episodes]),
+        **tool_audit(completions, [episode.success for episode in episodes], communication_tools),
         tool_errors_per_rollout=sum(episode.num_tool_errors for episode in episodes) / len(episodes),
         num_tasks=len(by_task),
         num_trials=num_trials,
@@ -146,14 +151,19 @@ def summarize(
         num_errors=sum(episode.stop == "error" for episode in episodes),
         num_truncated=sum(episode.stop in ("max_tool_calls", "length") for episode in episodes),
     )
-    if appworld:
-        from trl_sgcd.envs.appworld import appworld_metrics
-
+    if environment_metrics is not None:
         records = [
-            {"task_id": episode.task, "success": episode.success, "difficulty": episode.info.get("difficulty")}
+            {
+                "task_id": episode.task,
+                "trial": episode.trial,
+                "success": episode.success,
+                "reward": episode.reward,
+                "category": episode.category,
+                "info": episode.info,
+            }
             for episode in episodes
         ]
-        metrics.update(appworld_metrics(records))
+        metrics.update(environment_metrics.evaluation_metrics(records))
 
     categories: dict[str, dict[str, float]] = {}
     if any(episode.category is not None for episode in episodes):
