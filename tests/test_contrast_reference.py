@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from openai_server import PLANTED_SECRETS, airline_group
 
 from trl_sgcd.references import (
@@ -12,7 +13,7 @@ from trl_sgcd.references import (
     resolve_references,
     tool_sequence,
 )
-from trl_sgcd.references.contrast import common_subsequence
+from trl_sgcd.references.contrast import ToolStep, common_subsequence, path_deviation
 from trl_sgcd.siblings import Sibling, SiblingGroup
 
 
@@ -53,9 +54,13 @@ def test_airline_contrast_describes_order_deviations_and_failure_only_calls():
     assert "Tools only failures use: `transfer_to_human_agents`" in failed
     deviations = sections["Deviation points"]
     assert "Most failures (2 of 3) first deviate at step 2." in deviations
-    assert "Sibling 2: step 2 calls `cancel_reservation(" in deviations
+    assert "Sibling 2: step 2 calls `cancel_reservation` with other arguments than sibling 1 (success)" in deviations
     assert "Sibling 4: step 3 calls `transfer_to_human_agents(" in deviations
-    assert "Sibling 5: step 2 calls `get_reservation_details` with other arguments" in deviations
+    assert "where sibling 1 (success) next writes `cancel_reservation(" in deviations
+    assert "Sibling 5: step 2 reads `get_reservation_details(" in deviations and "never reads" in deviations
+    prefix = _sections(ContrastCreditReference(deviation_rule="prefix").build(group).text)["Deviation points"]
+    assert "Sibling 2: step 2 calls `cancel_reservation(" in prefix
+    assert "Sibling 5: step 2 calls `get_reservation_details` with other arguments" in prefix
     # Sanitized evidence only; the raw values go to masked_literals for the credit mask.
     for secret in (*PLANTED_SECRETS, "ZFA04Y"):
         assert secret not in reference.text
@@ -123,7 +128,9 @@ def test_failure_with_the_successful_calls_differs_in_its_final_message():
     group = airline_group(kinds=("success", "success"))
     group.siblings[1] = Sibling(messages=group.siblings[1].messages[:-1], reward=0.0, success=False)
     reference = ContrastCreditReference().build(group)
-    assert "makes exactly the calls of sibling 1 (success); it differs only in its final message." in reference.text
+    assert "follows the path of sibling 1 (success); it differs only in its final message." in reference.text
+    prefix = ContrastCreditReference(deviation_rule="prefix").build(group).text
+    assert "makes exactly the calls of sibling 1 (success); it differs only in its final message." in prefix
     assert "makes the same calls as a success; the failure is in the final message" in reference.text
 
 
@@ -187,3 +194,42 @@ def test_sibling_context_shows_sanitized_successes_only():
         assert secret not in reference.text
     assert "ZFA04Y" in reference.masked_literals
     assert provider.build(airline_group(kinds=("reckless", "transfer"))) is None
+
+
+def test_path_rule_lets_reads_come_in_any_order_and_names_the_first_off_path_call():
+    def step(name, **args):
+        return ToolStep(name=name, args=json.dumps(args, sort_keys=True), raw_args=args)
+
+    user, res, cancel = (
+        step("get_user", id="u1"),
+        step("get_reservation", id="r1"),
+        step("cancel_reservation", id="r1"),
+    )
+    path = [user, res, cancel]
+    assert path_deviation(path, [res, user, res, cancel], is_read) is None  # reads reordered and repeated
+    assert path_deviation(path, [res, cancel], is_read) == 1  # write before the read of the user
+    assert path_deviation(path, [user, res], is_read) == 2  # stops early
+    assert path_deviation(path, [user, step("get_reservation", id="r2")], is_read) == 1
+    assert path_deviation(path, [user, res, step("cancel_reservation", id="r2")], is_read) == 2
+
+    def sibling(steps, success):
+        calls = [{"role": "assistant", "content": "", "tool_calls": [_call(s.name, **s.raw_args)]} for s in steps]
+        return Sibling(
+            messages=[*calls, {"role": "assistant", "content": "Done."}], reward=float(success), success=success
+        )
+
+    # Reads in the other order, then a wrong write: the prefix rule blames step 1, the path rule step 3.
+    group = SiblingGroup(
+        prompt="Cancel r1.",
+        siblings=[sibling(path, True), sibling([res, user, step("cancel_reservation", id="r9")], False)],
+    )
+    path_text = ContrastCreditReference().build(group).text
+    prefix_text = ContrastCreditReference(deviation_rule="prefix").build(group).text
+    assert "Sibling 2: step 3 calls `cancel_reservation` with other arguments than sibling 1 (success)" in path_text
+    assert "Sibling 2: step 1 calls" in prefix_text
+    with pytest.raises(ValueError, match="deviation_rule"):
+        ContrastCreditReference(deviation_rule="closest")
+
+
+def is_read(name):
+    return name.startswith("get")

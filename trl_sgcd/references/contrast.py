@@ -8,8 +8,9 @@ format as the LLM provider (it parses with `parse_credit_reference`):
    distinct successful call orders.
 3. Failed branches and why: per distinct failed call order, the calls no success makes, the successful calls it
    misses, same-tool calls with different arguments, and whether it stopped early.
-4. Deviation points: where each failure first departs from its closest success (longest common prefix), with the call
-   it made vs the successful call.
+4. Deviation points: where each failure first leaves a success's path (reads in any order, writes in order after
+   their reads; `deviation_rule="path"`, the oracle's rule) or, with `deviation_rule="prefix"`, where it first departs
+   from its closest success (longest common prefix), with the call it made vs the successful call.
 5. Literals to mask: listed abstractly as `tool.argument` (the values stay out of the text): argument values of
    successful *write* calls that no failure uses for the same argument (the task-specific values the success hinges
    on), plus the answer literals and sanitized values. The raw values go to `masked_literals` only.
@@ -35,7 +36,7 @@ import json
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,33 @@ def common_prefix_len(a: Sequence[Any], b: Sequence[Any]) -> int:
     return n
 
 
+def path_deviation(path: Sequence[ToolStep], seq: Sequence[ToolStep], is_read: Callable[[str], bool]) -> int | None:
+    """Index of the first call of `seq` that leaves `path`, or None if it never does (the oracle's rule on a success).
+
+    Reads of `path` may come in any order and be repeated; its writes must come in order, each after the reads `path`
+    makes before it. A read `path` never makes, a write other than the next one, or a write before its reads is a
+    deviation; a sequence that only makes on-path calls but stops before the path is complete deviates at
+    `len(seq)`.
+    """
+    reads = {s for s in path if is_read(s.name)}
+    writes = [(j, s) for j, s in enumerate(path) if not is_read(s.name)]
+    done: set[ToolStep] = set()
+    next_write = 0
+    for index, step in enumerate(seq):
+        if step in reads:
+            done.add(step)
+            continue
+        if next_write < len(writes):
+            position, write = writes[next_write]
+            if step == write and {s for s in path[:position] if is_read(s.name)} <= done:
+                next_write += 1
+                continue
+        return index
+    if next_write < len(writes) or not reads <= done:
+        return len(seq)
+    return None
+
+
 def _similarity(a: Sequence[Any], b: Sequence[Any]) -> float:
     if not a and not b:
         return 1.0
@@ -178,6 +206,10 @@ class ContrastCreditReference(CreditReferenceProvider):
         max_reference_chars: cap on the reference text.
         mask_success_write_values: list the values of successful write calls that no failure uses as literals to mask.
         min_literal_chars: shorter write-call values are not masked (ids and numbers like `1` would mask too much).
+        deviation_rule: how a failure's deviation step is named. `"path"` (default): the first call that leaves a
+            success's path (`path_deviation`: reads in any order, writes in order after their reads), taking the
+            success that the failure follows longest; the same rule as `OracleCreditReference`, on sibling evidence
+            only. `"prefix"`: the end of the longest common prefix with the most similar success (the earlier rule).
     """
 
     name = "contrast"
@@ -191,7 +223,11 @@ class ContrastCreditReference(CreditReferenceProvider):
         max_reference_chars: int = 4_000,
         mask_success_write_values: bool = True,
         min_literal_chars: int = 2,
+        deviation_rule: str = "path",
     ):
+        if deviation_rule not in ("path", "prefix"):
+            raise ValueError(f"deviation_rule must be 'path' or 'prefix', got {deviation_rule!r}.")
+        self.deviation_rule = deviation_rule
         self.sanitizer = sanitizer or Sanitizer()
         self.read_prefixes = tuple(p.lower() for p in read_prefixes)
         self.max_items = max_items
@@ -299,10 +335,16 @@ class ContrastCreditReference(CreditReferenceProvider):
             seq = sequences[i]
             j_best = max(succ, key=lambda j: (_similarity(seq, sequences[j]), -len(sequences[j]), -j))
             best = sequences[j_best]
-            n = common_prefix_len(seq, best)
-            deviation_steps[n + 1] += 1
+            if self.deviation_rule == "path":
+                dev, j_path = self._path_deviation(seq, sequences, succ)
+                deviation_steps[len(seq) + 1 if dev is None else dev + 1] += 1
+                text = self._path_text(seq, sequences[j_path], dev, j_path)
+            else:
+                n = common_prefix_len(seq, best)
+                deviation_steps[n + 1] += 1
+                text = self._deviation(seq, best, n, j_best)
             if len(deviations) < k:
-                deviations.append(f"- Sibling {i + 1}: {self._deviation(seq, best, n, j_best)}")
+                deviations.append(f"- Sibling {i + 1}: {text}")
             if tuple(seq) in seen_orders or len(failed) >= k:
                 continue
             seen_orders.add(tuple(seq))
@@ -369,6 +411,39 @@ class ContrastCreditReference(CreditReferenceProvider):
         if asks == len(with_text):
             shape += " that asks the user a question"
         return shape + "."
+
+    def _path_deviation(
+        self, seq: Sequence[ToolStep], sequences: Sequence[Sequence[ToolStep]], succ: Sequence[int]
+    ) -> tuple[int | None, int]:
+        """The latest deviation of `seq` from any success's path (None: it never leaves one) and that success."""
+        scored = [(path_deviation(sequences[j], seq, self.is_read), j) for j in succ]
+        dev, j = max(scored, key=lambda d: (float("inf") if d[0] is None else d[0], -d[1]))
+        return dev, j
+
+    def _path_text(self, seq: Sequence[ToolStep], path: Sequence[ToolStep], dev: int | None, j: int) -> str:
+        if dev is None:
+            return f"follows the path of sibling {j + 1} (success); it differs only in its final message."
+        made = set(seq[:dev])
+        missing = next((s for s in path if s not in made), None)
+        if dev == len(seq):
+            what = missing.label() if missing is not None else "its final message"
+            return f"stops after step {dev} (final message) where sibling {j + 1} (success) continues with {what}."
+        step, call = dev + 1, seq[dev]
+        if self.is_read(call.name):
+            return f"step {step} reads {call.label()}, which sibling {j + 1} (success) never reads."
+        writes_done = sum(not self.is_read(s.name) for s in seq[:dev])
+        path_writes = [s for s in path if not self.is_read(s.name)]
+        if writes_done >= len(path_writes):
+            return f"step {step} writes {call.label()} where sibling {j + 1} (success) makes no further write."
+        expected = path_writes[writes_done]
+        if call == expected:
+            return f"step {step} writes {call.label()} before the reads sibling {j + 1} (success) makes first."
+        if call.name == expected.name:
+            return (
+                f"step {step} calls `{call.name}` with other arguments than sibling {j + 1} (success): "
+                f"{call.label()} vs {expected.label()}."
+            )
+        return f"step {step} calls {call.label()} where sibling {j + 1} (success) next writes {expected.label()}."
 
     @staticmethod
     def _deviation(seq: Sequence[ToolStep], best: Sequence[ToolStep], n: int, j: int) -> str:
