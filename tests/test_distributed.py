@@ -13,7 +13,8 @@ SCRIPT = Path(__file__).parent / "distributed" / "dynamic_sampling_run.py"
 
 
 @pytest.mark.distributed
-def test_two_processes_see_the_same_groups_and_call_the_provider_once_per_group(tiny_model_path, tmp_path):
+@pytest.mark.parametrize("kind", ["map", "iterable"])
+def test_two_processes_see_the_same_groups_and_call_the_provider_once_per_group(tiny_model_path, tmp_path, kind):
     # `--multi_gpu` selects accelerate's torchrun launcher; with no GPU each process falls back to CPU + gloo.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
@@ -34,6 +35,7 @@ def test_two_processes_see_the_same_groups_and_call_the_provider_once_per_group(
         str(SCRIPT),
         tiny_model_path,
         str(tmp_path),
+        kind,
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -49,6 +51,14 @@ def test_two_processes_see_the_same_groups_and_call_the_provider_once_per_group(
         assert s0["num_items_in_batch"] == s1["num_items_in_batch"]
         # Group 1 holds global rows 2 and 3, i.e. one row on each rank.
         assert len(s0["global_groups"]) == 6
+    # Resampling rounds: both ranks hold halves of the same groups of 2 copies of one prompt (map-style and stream).
+    assert r0["resampled"] and r0["resampled"] == r1["resampled"]
+    for prompts in r0["resampled"]:
+        assert len(prompts) == 6 and all(prompts[i] == prompts[i + 1] for i in range(0, 6, 2))
+        assert len(set(prompts)) == 3
+    for s in r0["seen"]:
+        prompts = [p for p, _ in s["global_groups"]]
+        assert all(prompts[i] == prompts[i + 1] for i in range(0, 6, 2))
     # Provider: called by the main process only, once per mixed group sampled (prefetching calls every mixed group of
     # every round, so a group that did not make the batch was still called once, never twice).
     lines = (tmp_path / "provider_calls.txt").read_text().splitlines()

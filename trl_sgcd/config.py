@@ -83,9 +83,12 @@ class SGCDConfig(GRPOConfig):
         dynamic_sampling (`bool`, *optional*, defaults to `True`):
             Keep generating groups for new prompts until the generation batch is filled with mixed groups or
             `max_resample_rounds` extra rounds are spent; what cannot be filled is filled with the groups that were
-            sampled first, and logged. Requires a `train_dataset`.
+            sampled first, and logged. Requires a `train_dataset` (map-style or iterable).
         max_resample_rounds (`int`, *optional*, defaults to `3`):
             Extra generation rounds per step allowed to fill the batch with mixed groups.
+        resample_buffer_size (`int`, *optional*, defaults to `1000`):
+            With an iterable (streaming) `train_dataset`, the resampling rounds draw their prompts from a buffer of at
+            most this many records read ahead from the stream (a shuffle buffer when the dataset is shuffled).
 
         > Credit-reference provider
 
@@ -172,6 +175,9 @@ class SGCDConfig(GRPOConfig):
         default=True, metadata={"help": "Resample new prompts until the batch holds mixed groups."}
     )
     max_resample_rounds: int = field(default=3, metadata={"help": "Extra generation rounds per step."})
+    resample_buffer_size: int = field(
+        default=1000, metadata={"help": "Records buffered from a streaming train_dataset for resampling."}
+    )
     provider_max_concurrency: int = field(default=16, metadata={"help": "Maximum provider calls in flight."})
     provider_timeout: float = field(default=600.0, metadata={"help": "Seconds before a provider call fails."})
     prefetch_references: bool = field(
@@ -229,6 +235,8 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"divergence_top_k must be >= 1, got {self.divergence_top_k}.")
         if self.max_resample_rounds < 0:
             raise ValueError(f"max_resample_rounds must be >= 0, got {self.max_resample_rounds}.")
+        if self.resample_buffer_size < 1:
+            raise ValueError(f"resample_buffer_size must be >= 1, got {self.resample_buffer_size}.")
         if self.provider_max_concurrency < 1:
             raise ValueError(f"provider_max_concurrency must be >= 1, got {self.provider_max_concurrency}.")
         if self.provider_timeout <= 0:

@@ -47,6 +47,7 @@ from .credit import (
     uniform_weights,
 )
 from .diagnostics import ValidityGuard, credit_statistics, declared_communication_tools, logger, tool_audit
+from .prompt_stream import StreamingPromptSampler
 from .references import ContrastCreditReference, SiblingContextReference, ensure_sanitized
 from .references.base import ProviderOutcome, resolve_references
 from .sampling import GlobalRollouts, pad_to_width, plan_refill
@@ -127,10 +128,10 @@ class SGCDGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
 
         if config.dynamic_sampling:
-            if self.train_dataset is None or isinstance(self.train_dataset, IterableDataset):
+            if self.train_dataset is None:
                 raise ValueError(
-                    "dynamic_sampling=True resamples new prompts from the train_dataset, so it needs a map-style "
-                    "train_dataset. Pass one, or set dynamic_sampling=False."
+                    "dynamic_sampling=True resamples new prompts from the train_dataset, so it needs one. Pass one, or "
+                    "set dynamic_sampling=False."
                 )
             if self._is_vlm:
                 raise ValueError("dynamic_sampling=True supports text-only models; set dynamic_sampling=False.")
@@ -147,6 +148,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._lm_head = None
         self._aux_sampler_iter = None
         self._aux_epoch = 0
+        self._prompt_stream: StreamingPromptSampler | None = None
         self._totals: dict[str, float] = defaultdict(float)
         self._timings: dict[str, float] = defaultdict(float)
         self._pending_credit: dict[str, Any] | None = None  # the micro-batch whose weights the loss forward forms
@@ -380,6 +382,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
         """Draws new prompts for a resampling round, laid out like TRL's `RepeatSampler` (groups of `n` rows)."""
         world = self.accelerator.num_processes
         global_rows = local_rows * world
+        if isinstance(self.train_dataset, IterableDataset):
+            return self._next_stream_batch(local_rows, global_rows)
         indices: list[int] = []
         while len(indices) < global_rows:
             if self._aux_sampler_iter is None:
@@ -399,6 +403,25 @@ class SGCDGRPOTrainer(GRPOTrainer):
                 self._aux_epoch += 1
         rank = self.accelerator.process_index
         return [self.train_dataset[i] for i in indices[rank * local_rows : (rank + 1) * local_rows]]
+
+    def _next_stream_batch(self, local_rows: int, global_rows: int) -> list[dict[str, Any]]:
+        """`_next_local_batch` for an iterable `train_dataset`: the main process draws the round's prompts from a
+        bounded buffer over the stream (`StreamingPromptSampler`) and broadcasts them, so every rank holds its slice of
+        the same groups of `num_generations` copies."""
+        if self._prompt_stream is None:
+            self._prompt_stream = StreamingPromptSampler(
+                self.train_dataset,
+                self.args.resample_buffer_size,
+                seed=self.args.seed + 1,
+                shuffle=self.shuffle_dataset,
+            )
+        payload: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            payload = [self._prompt_stream.draw(global_rows // self.num_generations)]
+        broadcast_object_list(payload, from_process=0)
+        rows = [copy.deepcopy(record) for record in payload[0] for _ in range(self.num_generations)]
+        rank = self.accelerator.process_index
+        return rows[rank * local_rows : (rank + 1) * local_rows]
 
     def _sample_mixed_groups(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], GlobalRollouts]:
         """Dynamic sampling: generate rounds until the batch holds only mixed groups, or the round budget is spent."""

@@ -1,6 +1,7 @@
 """Run under `accelerate launch --cpu --num_processes 2`: dynamic sampling with groups that straddle processes.
 
 Writes one JSON report per rank into the output directory given as argv[2]; `tests/test_distributed.py` checks them.
+With argv[3] == "iterable" the train_dataset is a stream (`datasets.IterableDataset`).
 """
 
 import json
@@ -9,7 +10,7 @@ import sys
 
 import torch
 from accelerate.utils import gather_object
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 
 from trl_sgcd import SGCDConfig, SGCDGRPOTrainer
 
@@ -21,7 +22,7 @@ def parity_reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
 
 
-def main(model_path: str, out_dir: str) -> None:
+def main(model_path: str, out_dir: str, kind: str = "map") -> None:
     calls_path = os.path.join(out_dir, "provider_calls.txt")
 
     def provider(group):
@@ -29,7 +30,8 @@ def main(model_path: str, out_dir: str) -> None:
             f.write(f"{os.getpid()}\t{group.task_text}\n")
         return "State checks: answer with an even number of characters."
 
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"task {i}"}]} for i in range(30)])
+    rows = [{"prompt": [{"role": "user", "content": f"task {i}"}]} for i in range(30)]
+    dataset = Dataset.from_list(rows) if kind == "map" else IterableDataset.from_generator(lambda: iter(rows))
     args = SGCDConfig(
         output_dir=os.path.join(out_dir, "run"),
         per_device_train_batch_size=3,  # 2 ranks x 3 rows = 3 groups of 2: the middle group straddles the ranks
@@ -66,7 +68,15 @@ def main(model_path: str, out_dir: str) -> None:
         )
         return original(output, rollouts)
 
-    trainer._apply_credit = spy
+    rounds = []
+    original_next = trainer._next_local_batch
+
+    def spy_next(local_rows):
+        batch = original_next(local_rows)
+        rounds.append(gather_object([row["prompt"][0]["content"] for row in batch]))
+        return batch
+
+    trainer._apply_credit, trainer._next_local_batch = spy, spy_next
     trainer.train()
     rank = trainer.accelerator.process_index
     checksum = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
@@ -76,6 +86,7 @@ def main(model_path: str, out_dir: str) -> None:
         "is_main": trainer.accelerator.is_main_process,
         "world": trainer.accelerator.num_processes,
         "seen": seen,
+        "resampled": rounds,
         "checksum": checksum,
         "logs": [h for h in trainer.state.log_history if "sgcd/provider/calls" in h],
         "all_checksums": gather_object([checksum]),
@@ -85,4 +96,4 @@ def main(model_path: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
