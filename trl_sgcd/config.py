@@ -74,6 +74,11 @@ class SGCDConfig(GRPOConfig):
             z-score are kept.
         segment_min_divergence (`float`, *optional*, defaults to `1e-4`):
             Minimum absolute divergence (nats) of a spike, so numerical noise never starts a span.
+        segment_noise_floor (`float`, *optional*, defaults to `0.0`):
+            This package's own option (not in the paper): absolute divergence (nats) below which a token is never a
+            spike nor part of a span, so a rollout whose divergence is all noise keeps `W = 1`. The segmenter's z-score
+            is scale-free; without a floor, a random-weight model (mean divergence ≈ 1.5e-4 nats, max ≈ 7e-4) still
+            gets weights up to the cap. `0.0` is the paper's rule; `0.01` is far above such noise.
 
         > Sibling groups and dynamic sampling
 
@@ -168,6 +173,9 @@ class SGCDConfig(GRPOConfig):
         default=0.25, metadata={"help": "Maximum fraction of a rollout's assistant tokens covered by spans."}
     )
     segment_min_divergence: float = field(default=1e-4, metadata={"help": "Minimum divergence (nats) of a spike."})
+    segment_noise_floor: float = field(
+        default=0.0, metadata={"help": "Divergence (nats) below which a token never earns credit (0: paper's rule)."}
+    )
     success_threshold: float = field(
         default=1.0, metadata={"help": "A rollout succeeds when its total reward is >= this threshold."}
     )
@@ -253,7 +261,7 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"credit_log_steps must be >= 0, got {self.credit_log_steps}.")
         if self.credit_batch_size is not None and self.credit_batch_size < 1:
             raise ValueError(f"credit_batch_size must be >= 1 or None, got {self.credit_batch_size}.")
-        for name in ("segment_entropy_tolerance", "segment_min_divergence"):
+        for name in ("segment_entropy_tolerance", "segment_min_divergence", "segment_noise_floor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.segment_max_tokens < 1:
@@ -280,4 +288,5 @@ class SGCDConfig(GRPOConfig):
             saliency_floor=self.segment_saliency_floor,
             max_selected_fraction=self.segment_max_fraction,
             min_spike_divergence=self.segment_min_divergence,
+            noise_floor=self.segment_noise_floor,
         )
