@@ -18,7 +18,13 @@
 #   APPWORLD_BIN       server executable (default: $APPWORLD_VENV/bin/appworld)
 #   APPWORLD_RUN_DIR   pid and log files of the servers (default: $APPWORLD_ROOT/servers)
 #   APPWORLD_HOST      host written into the URLs (default: 127.0.0.1)
-#   STARTUP_TIMEOUT    seconds to wait for the servers to answer (default: 300)
+#   STARTUP_TIMEOUT    seconds to wait for the servers to answer, a positive integer (default: 300)
+#   APPWORLD_ALLOW_PUBLIC  1 to accept a server listening on a non-loopback interface (default: refused)
+#
+# Security: an AppWorld server runs any code it is sent, unauthenticated. AppWorld 0.1.3 binds 0.0.0.0, so `start` runs
+# it through trl_sgcd/envs/appworld/loopback.py (binds on all interfaces become 127.0.0.1), then checks the listening
+# address of every port and stops and refuses the servers if one listens elsewhere, unless APPWORLD_ALLOW_PUBLIC=1.
+# N, BASE_PORT and STARTUP_TIMEOUT must be plain decimal integers: they are checked before any arithmetic.
 #   PYTHON             interpreter used to create the venv, Python >= 3.11 (default: python3)
 set -euo pipefail
 
@@ -28,7 +34,22 @@ APPWORLD_VERSION="${APPWORLD_VERSION:-0.1.3.post1}"
 APPWORLD_HOST="${APPWORLD_HOST:-127.0.0.1}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-300}"
 
+LOOPBACK_PY="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/trl_sgcd/envs/appworld/loopback.py"
+
 die() { echo "error: $*" >&2; exit 1; }
+
+# Bash arithmetic evaluates variable contents as expressions (`a[$(cmd)]` runs cmd): only plain integers get there.
+is_count() { [[ "$1" =~ ^[1-9][0-9]{0,5}$ ]]; }
+is_pid() { [[ "$1" =~ ^[1-9][0-9]{0,9}$ ]] && [[ "$1" != 1 ]]; }
+
+# The argv prefix running the Python script $1 under the loopback wrapper, with the script's own interpreter.
+loopback_prefix() {
+    local first=""
+    read -r first <"$1" || true
+    if [[ "$first" =~ ^\#\!([^[:space:]]*python[^[:space:]]*) ]] && [[ -f "$LOOPBACK_PY" ]]; then
+        printf '%s\n' "${BASH_REMATCH[1]}" "$LOOPBACK_PY"
+    fi
+}
 
 data_missing() {
     cat >&2 <<EOF
@@ -53,7 +74,7 @@ opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 opener.open(sys.argv[1] + "/", timeout=2).read()' "$1" >/dev/null 2>&1
 }
 
-alive() { kill -0 "$1" 2>/dev/null; }
+alive() { is_pid "$1" && kill -0 "$1" 2>/dev/null; }
 
 cmd_install() {
     local python="${PYTHON:-python3}"
@@ -90,20 +111,25 @@ run_dir() { echo "${APPWORLD_RUN_DIR:-$APPWORLD_ROOT/servers}"; }
 cmd_start() {
     [[ $# -ge 1 ]] || die "usage: $0 start N [BASE_PORT]"
     local count="$1" base_port="${2:-8100}" dir bin
-    [[ "$count" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive integer, got '$count'"
+    is_count "$count" || die "N must be a positive integer, got '$count'"
+    is_count "$base_port" || die "BASE_PORT must be a port number, got '$base_port'"
+    ((base_port + count - 1 <= 65535)) || die "ports $base_port..$((base_port + count - 1)) exceed 65535"
+    is_count "$STARTUP_TIMEOUT" || die "STARTUP_TIMEOUT must be a positive integer of seconds, got '$STARTUP_TIMEOUT'"
     [[ -d "$APPWORLD_ROOT/data" ]] || data_missing
     bin="${APPWORLD_BIN:-$APPWORLD_VENV/bin/appworld}"
     [[ -x "$bin" ]] || die "no AppWorld executable at '$bin': run '$0 install' first or set APPWORLD_BIN"
     dir="$(run_dir)"
     mkdir -p "$dir"
-    local urls=() port pid
+    local urls=() port pid launcher=()
+    mapfile -t launcher < <(loopback_prefix "$bin")
+    [[ ${#launcher[@]} -gt 0 ]] || echo "warning: '$bin' is not a Python script: it runs unwrapped (listening address checked)" >&2
     for ((i = 0; i < count; i++)); do
         port=$((base_port + i))
         if [[ -f "$dir/server-$port.pid" ]] && alive "$(cat "$dir/server-$port.pid")"; then
             echo "server on port $port already running (pid $(cat "$dir/server-$port.pid"))"
         else
             # setsid: each server leads its own process group, so `stop` also ends whatever it spawned.
-            setsid "$bin" serve environment --port "$port" --root "$APPWORLD_ROOT" --no-show-usage \
+            setsid "${launcher[@]}" "$bin" serve environment --port "$port" --root "$APPWORLD_ROOT" --no-show-usage \
                 >"$dir/server-$port.log" 2>&1 </dev/null &
             echo $! >"$dir/server-$port.pid"
         fi
@@ -127,11 +153,30 @@ cmd_start() {
         ((SECONDS < deadline)) || die "$pending server(s) did not answer within ${STARTUP_TIMEOUT}s; logs in $dir"
         sleep 0.5
     done
+    check_loopback "$dir" "$base_port" "$count"
     local joined
     joined="$(IFS=,; echo "${urls[*]}")"
     echo "$joined" >"$dir/urls"
     echo "$count AppWorld server(s) ready. For training:"
     echo "export SGCD_APPWORLD_URLS=$joined"
+}
+
+check_loopback() {  # check_loopback DIR BASE_PORT COUNT: refuse servers listening beyond the loopback interface
+    local dir="$1" public=() port addresses
+    for ((i = 0; i < $3; i++)); do
+        port=$(($2 + i))
+        addresses="$("$(health_python)" "$LOOPBACK_PY" --check "$port")" || public+=("$port ($addresses)")
+    done
+    [[ ${#public[@]} -eq 0 ]] && return 0
+    if [[ "${APPWORLD_ALLOW_PUBLIC:-0}" == 1 ]]; then
+        echo "warning: AppWorld server(s) listening beyond loopback on ${public[*]} (APPWORLD_ALLOW_PUBLIC=1)" >&2
+        return 0
+    fi
+    echo "error: AppWorld server(s) listen on a non-loopback interface on port(s) ${public[*]}: anyone who reaches" >&2
+    echo "them can run code on this machine. Stopped them. Run 'appworld' from its venv's Python script so the loopback" >&2
+    echo "wrapper applies, or set APPWORLD_ALLOW_PUBLIC=1 on a trusted network." >&2
+    cmd_stop >/dev/null
+    exit 3
 }
 
 cmd_stop() {
@@ -160,6 +205,7 @@ cmd_status() {
         pid="$(cat "$pidfile")"
         port="${pidfile##*/server-}"
         port="${port%.pid}"
+        is_count "$port" || continue
         total=$((total + 1))
         if ! alive "$pid"; then
             state="dead"

@@ -34,6 +34,7 @@ from trl_sgcd.envs.appworld import (
     load_task_ids,
     make_appworld_dataset,
 )
+from trl_sgcd.envs.appworld.loopback import public_listeners
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -671,3 +672,101 @@ def test_real_appworld_server_without_data_fails_clearly(tmp_path):
         AppWorldServerPool(
             1, appworld_bin=f"{venv}/bin/appworld", root=root, check_data=False, env={"HOME": str(home)}
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Security of the setup script and the pool: numbers checked before bash arithmetic, servers kept on loopback
+
+
+def _fake_bin(tmp_path, name, python_script, *extra):
+    """An `appworld` stand-in running the fake server with `extra` arguments, as a Python or a shell script."""
+    path = tmp_path / name
+    if python_script:
+        path.write_text(
+            f"#!{sys.executable}\nimport runpy, sys\nsys.argv = [{str(FAKE_SCRIPT)!r}, *sys.argv[1:], *{list(extra)!r}]\n"
+            f"runpy.run_path({str(FAKE_SCRIPT)!r}, run_name='__main__')\n"
+        )
+    else:
+        path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_SCRIPT}" "$@" {" ".join(extra)}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def _run_setup(appworld_root, tmp_path, bin_path, *args, **overrides):
+    env = {
+        **os.environ,
+        "APPWORLD_ROOT": str(appworld_root),
+        "APPWORLD_BIN": bin_path,
+        "APPWORLD_RUN_DIR": str(tmp_path / "run"),
+        "PYTHON": sys.executable,
+        **overrides,
+    }
+    if "APPWORLD_ALLOW_PUBLIC" not in overrides:
+        env.pop("APPWORLD_ALLOW_PUBLIC", None)
+    return subprocess.run(["bash", str(SETUP_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "overrides"),
+    [
+        (("start", "1", "HOME[$(touch {marker})]"), {}),
+        (("start", "1", "$(touch {marker})"), {}),
+        (("start", "1", "8100"), {"STARTUP_TIMEOUT": "HOME[$(touch {marker})]"}),
+        (("start", "HOME[$(touch {marker})]"), {}),
+    ],
+)
+def test_setup_script_rejects_non_numeric_values_before_arithmetic(
+    appworld_root, fake_appworld_bin, tmp_path, args, overrides
+):
+    # `HOME[...]` names a set variable, so under `set -u` bash arithmetic evaluates the subscript and runs the command.
+    marker = tmp_path / "executed"
+    args = [a.format(marker=marker) for a in args]
+    overrides = {k: v.format(marker=marker) for k, v in overrides.items()}
+    result = _run_setup(appworld_root, tmp_path, fake_appworld_bin, *args, **overrides)
+    assert result.returncode != 0 and "must be" in result.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("server-*.pid"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="the listening-address check reads /proc/net/tcp")
+def test_setup_script_keeps_servers_on_loopback(appworld_root, tmp_path):
+    port = _free_port()
+    # A Python entry point asking for every interface, as AppWorld does: the wrapper binds it to loopback.
+    wrapped = _fake_bin(tmp_path, "appworld-py", True, "--host", "0.0.0.0")
+    started = _run_setup(appworld_root, tmp_path, wrapped, "start", "1", str(port))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert public_listeners(port) == []
+        assert AppWorldClient(f"http://127.0.0.1:{port}").ping()
+    finally:
+        _run_setup(appworld_root, tmp_path, wrapped, "stop")
+
+    # A program the wrapper cannot reach that listens on every interface: refused and stopped, unless allowed.
+    public = _fake_bin(tmp_path, "appworld-sh", False, "--host", "0.0.0.0")
+    refused = _run_setup(appworld_root, tmp_path, public, "start", "1", str(port))
+    assert refused.returncode == 3 and "APPWORLD_ALLOW_PUBLIC=1" in refused.stderr
+    assert not list((tmp_path / "run").glob("server-*.pid"))
+    deadline = time.monotonic() + 10
+    while public_listeners(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert public_listeners(port) == []
+    allowed = _run_setup(appworld_root, tmp_path, public, "start", "1", str(port), APPWORLD_ALLOW_PUBLIC="1")
+    try:
+        assert allowed.returncode == 0 and "listening beyond loopback" in allowed.stderr
+        assert public_listeners(port) != []
+    finally:
+        _run_setup(appworld_root, tmp_path, public, "stop")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="the listening-address check reads /proc/net/tcp")
+def test_pool_wraps_appworld_on_loopback_and_refuses_public_servers(appworld_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("APPWORLD_ALLOW_PUBLIC", raising=False)
+    wrapped = _fake_bin(tmp_path, "appworld-py", True, "--host", "0.0.0.0")
+    pool = AppWorldServerPool(1, appworld_bin=wrapped, root=appworld_root, startup_timeout=30)
+    try:
+        assert pool.command[1].endswith("loopback.py") and public_listeners(pool.lease().port) == []
+    finally:
+        pool.close()
+    public = _fake_bin(tmp_path, "appworld-sh", False, "--host", "0.0.0.0")
+    with pytest.raises(AppWorldError, match="non-loopback"):
+        AppWorldServerPool(1, appworld_bin=public, root=appworld_root, startup_timeout=30)

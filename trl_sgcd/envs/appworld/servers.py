@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +29,10 @@ from .client import (
     _tail,
     resolve_appworld_root,
 )
+from .loopback import ALLOW_PUBLIC_ENV_VAR, loopback_command, public_allowed, public_listeners
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -141,7 +147,10 @@ class AppWorldServerPool:
         self.host = host
         self.startup_timeout = startup_timeout
         if command is None:
-            command = [appworld_bin, "serve", "environment", "--port", "{port}", "--root", "{root}", "--no-show-usage"]
+            # AppWorld binds 0.0.0.0: run its (Python) entry point under the loopback wrapper.
+            wrapper = loopback_command(shutil.which(appworld_bin) or appworld_bin)
+            command = [*wrapper, appworld_bin, "serve", "environment", "--port", "{port}", "--root", "{root}"]
+            command.append("--no-show-usage")
         self.command = list(command)
         self.env = dict(env or {})
         self.log_dir = os.fspath(log_dir) if log_dir is not None else tempfile.mkdtemp(prefix="appworld-servers-")
@@ -285,6 +294,7 @@ class AppWorldServerPool:
                 if server.process is not None and server.process.poll() is not None:
                     raise self._startup_error(server)
                 if server.client.ping(timeout=2.0):
+                    self._check_loopback(server)
                     pending.remove(server)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(server.url for server in pending)
@@ -293,6 +303,22 @@ class AppWorldServerPool:
                 )
             if pending:
                 time.sleep(0.2)
+
+    def _check_loopback(self, server: AppWorldServer) -> None:
+        """Refuses a launched server that listens beyond the loopback interface, unless `APPWORLD_ALLOW_PUBLIC=1`."""
+        if server.process is None or server.port is None or not public_listeners(server.port):
+            return
+        message = (
+            f"The AppWorld server on port {server.port} listens on a non-loopback interface: anyone who reaches it can "
+            "run code on this machine."
+        )
+        if public_allowed():
+            logger.warning("%s Accepted: %s=1.", message, ALLOW_PUBLIC_ENV_VAR)
+            return
+        raise AppWorldError(
+            f"{message} Launch `appworld` through its virtualenv's Python script (the loopback wrapper applies), or set "
+            f"{ALLOW_PUBLIC_ENV_VAR}=1 on a trusted network."
+        )
 
     def _startup_error(self, server: AppWorldServer) -> AppWorldError:
         log = _tail(server.log_path, max_lines=30)
