@@ -5,11 +5,15 @@ rollout by a scripted tool call; TRL's own tool loop then executes it, appends t
 continue. Everything after the first turn (tool execution, tool mask, teacher pass, credit) is the real code path.
 """
 
+import json
+
+import pytest
 import torch
 from datasets import Dataset
 from test_trainer import _args, _spy_weights
 
 from trl_sgcd import SGCDGRPOTrainer
+from trl_sgcd.credit.precision import credit_precision_metrics
 
 
 MARKER = "REFERENCE-MARKER-7f3a"
@@ -152,3 +156,41 @@ def test_rollout_func_env_mask_is_respected_by_the_credit_mask(tiny_model_path, 
         assert torch.all(w[:, 4:8] == 1)
         saw_credit |= bool((w[:, :4] > 1).any() or (w[:, 8:] > 1).any())
     assert saw_credit
+
+
+def test_expert_action_column_logs_credit_precision(tiny_model_path, tmp_path):
+    expert = json.dumps([{"name": "lookup_flight", "arguments": {"code": "F9"}}])  # the scripted F1 call deviates
+    trainer = ScriptedToolTrainer(
+        model=tiny_model_path,
+        reward_funcs=final_answer_parity,
+        args=_args(
+            tmp_path,
+            max_completion_length=96,
+            max_tool_calling_iterations=2,
+            dynamic_sampling=False,
+            segment_min_divergence=0.0,
+            credit_log_steps=1,
+        ),
+        train_dataset=_dataset().add_column("expert_action", [expert] * 8),
+        environment_factory=LookupEnv,
+        credit_reference=lambda group: "Successes check the flight status before answering.",
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "sgcd/credit/precision" in h]
+    assert logs
+    for h in logs:
+        assert 0 <= h["sgcd/credit/precision"] <= 1 and 0 < h["sgcd/credit/deviation_share"] <= 1
+        assert h["sgcd/credit/rollouts"] >= 1
+    # The logged figures are `credit_precision_metrics` of the dumped rows of the same step.
+    dumps = sorted((tmp_path / "out" / "sgcd_credit").glob("step_*.jsonl"))
+    by_step = {}
+    for path in dumps:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = [
+            {**r, "expert_action": r["metadata"]["expert_action"], "credit_mask": r["credit_mask"]} for r in records
+        ]
+        by_step[records[0]["step"]] = credit_precision_metrics(rows)
+    measured = [m for m in by_step.values() if m]
+    assert measured
+    logged = sorted(h["sgcd/credit/lift"] for h in logs)
+    assert sorted(m["lift"] for m in measured) == pytest.approx(logged, rel=1e-5)

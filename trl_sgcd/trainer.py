@@ -46,6 +46,7 @@ from .credit import (
     teacher_topk,
     uniform_weights,
 )
+from .credit.precision import precision_from_sums, precision_sums
 from .diagnostics import ValidityGuard, credit_statistics, declared_communication_tools, logger, tool_audit
 from .prompt_stream import StreamingPromptSampler
 from .references import ContrastCreditReference, SiblingContextReference, ensure_sanitized
@@ -58,7 +59,7 @@ from .teacher_context import insert_reference, literal_token_mask
 # Teacher-side credit features carried to the loss forward when the student pass is fused into it.
 _FUSED_KEYS = ("sgcd_support_ids", "sgcd_teacher_q", "sgcd_entropy", "sgcd_credit_mask")
 _DENSE_HEAD_FACTOR = 64  # fused student side: project the full head when V <= this x (K + 1), else gather rows
-_METADATA_COLUMNS = ("task_id", "answer_literals", "category")
+_METADATA_COLUMNS = ("task_id", "answer_literals", "category", "expert_action")
 
 
 class SGCDGRPOTrainer(GRPOTrainer):
@@ -587,7 +588,10 @@ class SGCDGRPOTrainer(GRPOTrainer):
             return output
 
         dump = self.args.credit_log_steps > 0 and self.state.global_step % self.args.credit_log_steps == 0
-        scores = self._score(output, rollouts, local_refs, contexts, fused=self._fuse_student and not dump)
+        # Credit precision needs the weights here, so rows with an expert action take the separate student pass.
+        expert = any(m.get("expert_action") for m in rollouts.metadata or [])  # global: every process gathers
+        fused = self._fuse_student and not dump and not expert
+        scores = self._score(output, rollouts, local_refs, contexts, fused=fused)
         self._log_scoring(scores)
         if "support_ids" in scores:  # fused: the student side and the weights come with TRL's loss forward
             output.update(
@@ -614,7 +618,33 @@ class SGCDGRPOTrainer(GRPOTrainer):
             weights = self._weigh(output, d, h, credit_mask, any_reference)
         if dump:
             self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask, advantages)
+        if expert and mode not in ("sdpo", "direct_sd"):
+            self._log_precision(output, rollouts, weights, credit_mask)
         return output
+
+    def _log_precision(self, output, rollouts: GlobalRollouts, weights, credit_mask) -> None:
+        """`sgcd/credit/precision`, `.../deviation_share`, `.../lift` on failed rows with an `expert_action` column."""
+        rows = []
+        for i in range(output["completion_ids"].size(0)):
+            row = rollouts.local_start + i
+            action = (rollouts.metadata[row] if rollouts.metadata else {}).get("expert_action")
+            if not action or rollouts.success(row):
+                continue
+            length = int(output["completion_mask"][i].sum())
+            ids = output["completion_ids"][i][:length].tolist()
+            rows.append(
+                {
+                    "expert_action": action,
+                    "messages": rollouts.completions[row],
+                    "tokens": [self._tokenizer.decode([t]) for t in ids],
+                    "weights": weights[i][:length].tolist(),
+                    "credit_mask": credit_mask[i][:length].tolist(),
+                }
+            )
+        sums = torch.tensor(precision_sums(rows), device=weights.device)
+        totals = self.accelerator.gather(sums.unsqueeze(0)).sum(0).tolist()
+        for key, value in precision_from_sums(totals).items():
+            self._log(f"credit/{key}", value)
 
     def _weigh(self, batch, d, h, credit_mask, any_reference: bool) -> torch.Tensor:
         """Saliency → bounded weights → `batch["advantages"] = A · W` (paper Eq. 3-4); returns `W`."""

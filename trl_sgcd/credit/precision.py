@@ -86,15 +86,14 @@ def deviation_tokens(
     return mask if any(mask) else None
 
 
-def credit_precision_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Credit precision over failed rollouts (see the module docstring).
+def precision_sums(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """`[extra weight on deviations, extra weight, deviation tokens, credited tokens, sum of lifts, rollouts]`.
 
-    Each row: `expert_action`, `messages`, `tokens` (decoded one by one), `weights` (`W` per token), `credit_mask`
-    (tokens that can earn credit), `success`. Rows that succeeded, have no `expert_action`, no deviation, or no extra
-    weight are skipped. Returns `{}` when no row qualifies.
+    Sums, so that processes can add theirs before `precision_from_sums`. Each row: `expert_action`, `messages`,
+    `tokens` (decoded one by one), `weights` (`W` per token), `credit_mask` (tokens that can earn credit), `success`.
+    Rows that succeeded, have no `expert_action`, no deviation, or no extra weight are skipped.
     """
-    extra_total = extra_dev = tokens_total = tokens_dev = 0.0
-    lifts = []
+    sums = [0.0] * 6
     for row in rows:
         if row.get("success") or row.get("expert_action") in (None, "", []):
             continue
@@ -103,19 +102,24 @@ def credit_precision_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]
         if mask is None:
             continue
         extra = [max(float(w) - 1.0, 0.0) if c else 0.0 for w, c in zip(row["weights"], credit, strict=True)]
-        r_extra = sum(extra)
+        r_extra = math.fsum(extra)
         if r_extra <= 0:
             continue
-        r_dev = sum(e for e, m in zip(extra, mask, strict=True) if m)
+        r_dev = math.fsum(e for e, m in zip(extra, mask, strict=True) if m)
         n_credit, n_dev = sum(credit), sum(mask)
-        extra_total, extra_dev = extra_total + r_extra, extra_dev + r_dev
-        tokens_total, tokens_dev = tokens_total + n_credit, tokens_dev + n_dev
-        lifts.append((r_dev / r_extra) / (n_dev / n_credit))
-    if not lifts:
+        for k, value in enumerate((r_dev, r_extra, n_dev, n_credit, (r_dev / r_extra) / (n_dev / n_credit), 1.0)):
+            sums[k] += value
+    return sums
+
+
+def precision_from_sums(sums: Sequence[float]) -> dict[str, float]:
+    """The metrics of the module docstring from `precision_sums` (added over processes); `{}` without rollouts."""
+    extra_dev, extra, tokens_dev, tokens, lift_sum, n = (float(v) for v in sums)
+    if n == 0:
         return {}
-    return {
-        "precision": extra_dev / extra_total,
-        "deviation_share": tokens_dev / tokens_total,
-        "lift": math.fsum(lifts) / len(lifts),
-        "rollouts": float(len(lifts)),
-    }
+    return {"precision": extra_dev / extra, "deviation_share": tokens_dev / tokens, "lift": lift_sum / n, "rollouts": n}
+
+
+def credit_precision_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Credit precision over failed rollouts (see the module docstring and `precision_sums`)."""
+    return precision_from_sums(precision_sums(rows))
