@@ -2,7 +2,7 @@
 
 Nothing is downloaded: the tokenizer is a byte-level BPE trained with `tokenizers` on a small corpus (by default a
 synthetic one plus whatever texts the caller passes, e.g. the built-in environment's tasks and tool traces), and the
-model is a randomly initialised Qwen3 config. The chat template is TRL's bundled Qwen3 template, verbatim, so TRL
+model is a randomly initialised Qwen3 config (or, with `arch=`, any family of `TINY_ARCHS`). The chat template is TRL's bundled Qwen3 template, verbatim, so TRL
 recognises it, parses `<tool_call>` blocks and swaps in its prefix-preserving training template, exactly as it does for
 a real Qwen3 checkpoint.
 """
@@ -98,6 +98,116 @@ def build_tokenizer(
     return fast
 
 
+_MAMBA2 = dict(
+    mamba_n_heads=4, mamba_d_head=32, mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, mamba_chunk_size=8
+)
+_GDN = dict(
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    linear_conv_kernel_dim=4,
+)
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+# Tiny two-layer shapes of each architecture family (`model_type` -> config overrides); see `tiny_config`.
+TINY_ARCHS: dict[str, dict] = {
+    # dense full attention
+    "qwen3": {},
+    "llama": {},
+    # mixed sliding-window and full attention
+    "qwen2": dict(use_sliding_window=True, sliding_window=4, layer_types=["full_attention", "sliding_attention"]),
+    "gemma3_text": dict(
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=16
+    ),
+    # mixture of experts (GPT-OSS: with attention sinks and sliding windows)
+    "qwen3_moe": dict(**_MOE, decoder_sparse_step=1),
+    "gpt_oss": dict(
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    # hybrid linear attention (Gated DeltaNet)
+    "qwen3_next": dict(
+        **_GDN, **_MOE, shared_expert_intermediate_size=32, layer_types=["linear_attention", "full_attention"]
+    ),
+    "qwen3_5_text": dict(**_GDN, layer_types=["linear_attention", "full_attention"]),
+    # hybrid short convolution
+    "lfm2": dict(layer_types=["conv", "full_attention"], conv_L_cache=3, block_ff_dim=128),
+    # hybrid state space (Mamba-2) with attention
+    "granitemoehybrid": dict(
+        **_MAMBA2,
+        layer_types=["mamba", "attention"],
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        shared_intermediate_size=64,
+        # TRL 1.16's load-balancing loss reads `num_experts`, which this config names `num_local_experts`
+        router_aux_loss_coef=0.0,
+    ),
+    "falcon_h1": dict(**_MAMBA2, mamba_d_ssm=128),
+    "bamba": dict(**_MAMBA2, attn_layer_indices=[1]),
+    "nemotron_h": dict(
+        layers_block_type=["mamba", "attention"],
+        mamba_num_heads=4,
+        mamba_head_dim=32,
+        n_groups=1,
+        ssm_state_size=16,
+        conv_kernel=4,
+        chunk_size=8,
+    ),
+    # hybrid Mamba-1 (its multi-token forward does not continue a cached state: scored without prefix sharing)
+    "jamba": dict(
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=2,
+        num_experts_per_tok=1,
+        mamba_d_state=8,
+        mamba_d_conv=4,
+        mamba_expand=2,
+    ),
+}
+
+
+def tiny_config(
+    arch: str,
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 4096,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+):
+    """A tiny random-weight config of `arch` (a `TINY_ARCHS` key, or any causal-LM `model_type` whose defaults fit).
+
+    Family-specific overrides (layer pattern, experts, linear-attention and Mamba shapes) come from `TINY_ARCHS`; they
+    assume the default two layers, one of each kind.
+    """
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        arch,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=hidden_size // num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+        **TINY_ARCHS.get(arch, {}),
+    )
+
+
 def make_tiny_model(
     output_dir: str | Path,
     texts: Iterable[str] = (),
@@ -114,8 +224,9 @@ def make_tiny_model(
     model_vocab_size: int | None = None,
     isolate_digits: bool = False,
     tokenizer=None,
+    arch: str = "qwen3",
 ) -> str:
-    """Builds and saves a random-weight Qwen3 causal LM with a locally trained tokenizer.
+    """Builds and saves a random-weight causal LM (Qwen3 unless `arch` names another family, see `tiny_config`) with a locally trained tokenizer.
 
     Args:
         output_dir: where `save_pretrained` writes the model and tokenizer.
@@ -129,13 +240,14 @@ def make_tiny_model(
             the cost of a Qwen-sized LM head and softmax; the extra ids are never produced by the tokenizer).
         tokenizer: a ready tokenizer to use instead of training one (e.g. `qwen_vocab_tokenizer()`); it needs the
             `<|im_end|>` / `<|endoftext|>` special tokens and a chat template.
+        arch: the `model_type` of the model (a `TINY_ARCHS` key such as `"qwen3_5_text"`, `"lfm2"`, `"bamba"`).
 
     Returns:
         The path of the saved model, usable anywhere a Hub model id is (`AutoModelForCausalLM.from_pretrained`,
         `GRPOTrainer(model=path)`).
     """
     import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     output_dir = Path(output_dir)
     if tokenizer is None:
@@ -147,22 +259,20 @@ def make_tiny_model(
             max_token_length=max_token_length,
             isolate_digits=isolate_digits,
         )
-    config = Qwen3Config(
+    config = tiny_config(
+        arch,
         vocab_size=max(len(tokenizer), model_vocab_size or 0),
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
-        head_dim=hidden_size // num_attention_heads,
+        intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )

@@ -30,7 +30,6 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from datasets import IterableDataset
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
 from .config import FUSABLE_MODES, TOKEN_LEVEL_MODES, SGCDConfig
@@ -48,6 +47,7 @@ from .credit import (
 )
 from .credit.precision import precision_from_sums, precision_sums
 from .diagnostics import ValidityGuard, credit_statistics, declared_communication_tools, logger, tool_audit
+from .prefix_cache import continuation_positions, prefix_sharing_error, repeat_prefix_cache
 from .prompt_stream import StreamingPromptSampler
 from .references import ContrastCreditReference, SiblingContextReference, ensure_sanitized
 from .references.base import ProviderOutcome, resolve_references
@@ -146,6 +146,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._prefetched: tuple[dict[int, tuple[Future, int]], list[Future]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stream_head: bool | None = None  # decided on the first scoring pass (`_check_stream_head`)
+        self._share_prefix: bool | None = None  # decided on the first scoring pass (`_check_prefix_sharing`)
         self._lm_head = None
         self._aux_sampler_iter = None
         self._aux_epoch = 0
@@ -660,11 +661,15 @@ class SGCDGRPOTrainer(GRPOTrainer):
 
     @contextlib.contextmanager
     def _scoring_mode(self):
-        """No gradients, no dropout, no gradient checkpointing: scoring must be deterministic and cheap."""
+        """No gradients, no dropout, no gradient checkpointing: scoring must be deterministic and cheap.
+
+        Checkpointed layers run plainly in eval mode without gradients, so checkpointing is not toggled (re-enabling it
+        would register another input-gradient hook each step).
+        """
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            with torch.no_grad():
                 yield
         finally:
             self.model.train(was_training)
@@ -742,6 +747,20 @@ class SGCDGRPOTrainer(GRPOTrainer):
         self._lm_head = head
         self._stream_head = torch.allclose(streamed.float(), out.logits.float(), rtol=1e-4, atol=1e-4)
 
+    def _shares_prefix(self) -> bool:
+        """`credit_shared_prefix`, unless the model's cache proved not to continue exactly (`_check_prefix_sharing`)."""
+        return self.args.credit_shared_prefix and self._share_prefix is not False
+
+    def _check_prefix_sharing(self) -> None:
+        """Probes once whether a repeated prefix cache reproduces unshared scoring; falls back with one warning if not."""
+        if self._stream_head is None:
+            self._check_stream_head()
+        vocab = self.model.config.get_text_config().vocab_size
+        reason = prefix_sharing_error(self._forward, vocab, self.accelerator.device)
+        self._share_prefix = reason is None
+        if reason is not None:
+            logger.warning(f"Shared-prefix scoring is off for this model ({reason}); each row is scored in full.")
+
     def _prefix_features(self, prefix_ids, completion_ids, completion_mask, rows, cache=None):
         """Per-position outputs predicting each completion token of `rows`, which share the prefix `prefix_ids`.
 
@@ -755,7 +774,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         comp, comp_mask = completion_ids[rows], completion_mask[rows]
         prefix = prefix_ids.unsqueeze(0).to(device)
         width = comp.size(1)
-        if not self.args.credit_shared_prefix:
+        if not self._shares_prefix():
             ids = torch.cat([prefix.expand(len(rows), -1), comp], 1)
             mask = torch.cat([torch.ones_like(prefix).expand(len(rows), -1), comp_mask], 1)
             features, _ = self._forward(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -766,9 +785,15 @@ class SGCDGRPOTrainer(GRPOTrainer):
             cache = (past, features[:, -1:, :])
             tokens += prefix.size(1)
         past = copy.deepcopy(cache[0])  # the forward below appends to the cache in place
-        past.batch_repeat_interleave(len(rows))
+        repeat_prefix_cache(past, len(rows))
         mask = torch.cat([torch.ones(len(rows), prefix.size(1), dtype=comp_mask.dtype, device=device), comp_mask], 1)
-        features, _ = self._forward(input_ids=comp, attention_mask=mask, past_key_values=past, use_cache=True)
+        features, _ = self._forward(
+            input_ids=comp,
+            attention_mask=mask,
+            past_key_values=past,
+            position_ids=continuation_positions(prefix.size(1), comp),
+            use_cache=True,
+        )
         features = torch.cat([cache[1].expand(len(rows), 1, -1), features[:, :-1, :]], dim=1)
         return features, tokens, cache
 
@@ -790,9 +815,10 @@ class SGCDGRPOTrainer(GRPOTrainer):
         start, rank = rollouts.local_start, self.accelerator.process_index
         units = self._scoring_units(rollouts, contexts)
         # Each unit costs, per pass, one prefix forward (shared-prefix mode) plus one forward per chunk of rows.
-        per_unit = [
-            (r, (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(rows) / chunk)) for r, rows in units
-        ]
+        if self._share_prefix is None and self.args.credit_shared_prefix:
+            with self._scoring_mode():
+                self._check_prefix_sharing()
+        per_unit = [(r, (1 if self._shares_prefix() else 0) + math.ceil(len(rows) / chunk)) for r, rows in units]
         target = max(sum(n for r, n in per_unit if r == k) for k in range(self.accelerator.num_processes))
         local_units = [[row - start for row in rows] for r, rows in units if r == rank]
 
@@ -859,7 +885,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
                         self._accumulate_features(
                             result, idx, teacher_features, student_features, completion_ids, loss_mask
                         )
-                forwards += (1 if self.args.credit_shared_prefix else 0) + math.ceil(len(unit) / chunk)
+                forwards += (1 if self._shares_prefix() else 0) + math.ceil(len(unit) / chunk)
             pad = torch.full((1, 1), self._tokenizer.pad_token_id, dtype=torch.long, device=device)
             for _ in range(target - forwards):  # keep collectives matched across ranks
                 for _pass in range(passes):
