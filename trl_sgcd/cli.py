@@ -4,6 +4,7 @@
 ```
 trl-sgcd eval --model path/to/checkpoint --env offline_airline --split test --trials 1 --out results.json
 trl-sgcd eval --model served-name --base-url http://127.0.0.1:8000/v1 --env tau2_airline --user-model openai/x ...
+trl-sgcd eval --model path/to/checkpoint --env my_env.py:MyEnv --dataset my_env.py:make_dataset --reward my_env.py:reward
 trl-sgcd visualize outputs/run --step 40 --out outputs/run/credit_html
 ```
 
@@ -43,7 +44,22 @@ def _add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--concurrency", type=int, default=8, help="requests in flight (endpoint)")
 
     env = parser.add_argument_group("environment")
-    env.add_argument("--env", required=True, choices=SUITE_NAMES)
+    env.add_argument(
+        "--env",
+        required=True,
+        help=f"one of {', '.join(SUITE_NAMES)}, or any environment class or factory as package.module:Name or "
+        "file.py:Name (then --dataset, and --reward unless the environment defines get_reward)",
+    )
+    env.add_argument(
+        "--dataset",
+        help="custom env: rows as module:name, file.py:name (a dataset, list or function), or a .json/.jsonl file",
+    )
+    env.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        help="custom env: a reward function, module:name or file.py:name (repeatable)",
+    )
     env.add_argument(
         "--split",
         default="test",
@@ -94,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _suite_options(args: argparse.Namespace) -> dict:
     split = args.split
+    if ":" in args.env:
+        return {"dataset": args.dataset, "reward_funcs": args.reward, "split": split, "num_tasks": args.num_tasks}
+    if args.dataset or args.reward:
+        raise ValueError("--dataset and --reward are for a custom environment (--env module:Factory).")
     if args.env == "offline_airline":
         return {"split": split, "num_tasks": args.num_tasks or 50, "seed": args.seed}
     if args.env == "tau2_airline":
@@ -152,7 +172,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         suite = load_suite(args.env, **_suite_options(args))
-    except (ImportError, ValueError, FileNotFoundError, AppWorldError) as error:
+    except (ImportError, ValueError, FileNotFoundError, TypeError, AppWorldError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
@@ -169,7 +189,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             reward_funcs=suite.reward_funcs,
             num_trials=args.trials,
             max_tool_calling_iterations=max_tool_calls,
-            max_observation_chars=args.max_observation_chars if args.env == "offline_airline" else None,
+            max_observation_chars=args.max_observation_chars if args.env not in ("tau2_airline", "appworld") else None,
             batch_size=args.batch_size,
             success_threshold=args.success_threshold,
             keep_messages=not args.no_messages,

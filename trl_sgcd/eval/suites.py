@@ -7,9 +7,16 @@ checked up front, so a missing extra, data folder or server fails with a message
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -144,8 +151,87 @@ def appworld_suite(
     )
 
 
+def load_object(spec: str) -> Any:
+    """The object `spec` names: `package.module:name`, or `path/to/file.py:name` (the file is imported once)."""
+    module_name, sep, attribute = spec.rpartition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"Expected `package.module:name` or `file.py:name`, got {spec!r}.")
+    if module_name.endswith(".py"):
+        path = Path(module_name).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"No Python file at {path} (from {spec!r}).")
+        unique = f"trl_sgcd_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        module = sys.modules.get(unique)
+        if module is None:
+            module_spec = importlib.util.spec_from_file_location(unique, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[unique] = module  # before running it, as `import` does (dataclasses, pickling)
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[unique]
+                raise
+    else:
+        module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"{module_name} has no attribute {attribute!r} (from {spec!r}).") from None
+
+
+def _load_rows(spec: str, split: str) -> Any:
+    if spec.endswith((".json", ".jsonl")) and ":" not in spec:
+        text = Path(spec).read_text(encoding="utf-8")
+        return json.loads(text) if spec.endswith(".json") else [json.loads(line) for line in text.splitlines() if line]
+    source = load_object(spec)
+    if not callable(source):
+        return source
+    accepts_split = "split" in inspect.signature(source).parameters
+    return source(split=split) if accepts_split else source()
+
+
+def custom_suite(
+    environment: str,
+    dataset: str | None = None,
+    reward_funcs: Sequence[str] = (),
+    split: str = "test",
+    num_tasks: int | None = None,
+    max_tool_calling_iterations: int = 16,
+) -> Suite:
+    """Any environment: `--env module:Factory` (an environment class or zero-argument factory), with the rows of
+    `dataset` and the reward functions `reward_funcs`, all given as `package.module:name` or `file.py:name`.
+
+    `dataset` names a `datasets.Dataset`, a list of row dicts, or a function returning one (called with `split=` when it
+    takes a `split` parameter); or it is a `.json` (list of rows) or `.jsonl` file. The environment's `get_reward` is
+    a reward source of its own; `evaluation_metrics` and `communication_tools` on its class are honoured.
+    """
+    factory = load_object(environment)
+    if not callable(factory):
+        raise ValueError(f"{environment!r} is not callable: pass an environment class or a zero-argument factory.")
+    if dataset is None:
+        raise ValueError(
+            f"A custom environment ({environment!r}) needs --dataset: `module:name`, `file.py:name` or a "
+            ".json/.jsonl file of rows."
+        )
+    rows = _load_rows(dataset, split)
+    if num_tasks is not None:
+        rows = rows.select(range(min(num_tasks, len(rows)))) if hasattr(rows, "select") else list(rows)[:num_tasks]
+    funcs = [load_object(spec) for spec in reward_funcs]
+    return Suite(
+        name=environment,
+        split=split,
+        environment_factory=factory,
+        dataset=rows,
+        reward_funcs=funcs,
+        max_tool_calling_iterations=max_tool_calling_iterations,
+    )
+
+
 def load_suite(name: str, **options: Any) -> Suite:
-    """The suite called `name` (one of `SUITE_NAMES`), built with the keyword `options` of its function."""
+    """The suite called `name` (one of `SUITE_NAMES`, or a `module:Factory` spec for `custom_suite`), built with the
+    keyword `options` of its function."""
+    if ":" in name:
+        return custom_suite(name, **options)
     builders = {
         "offline_airline": offline_airline_suite,
         "tau2_airline": tau2_airline_suite,
