@@ -134,8 +134,13 @@ class SGCDGRPOTrainer(GRPOTrainer):
                     "dynamic_sampling=True resamples new prompts from the train_dataset, so it needs one. Pass one, or "
                     "set dynamic_sampling=False."
                 )
-            if self._is_vlm:
-                raise ValueError("dynamic_sampling=True supports text-only models; set dynamic_sampling=False.")
+            image_columns = {"image", "images"} & set(getattr(self.train_dataset, "column_names", None) or ())
+            if self._is_vlm and image_columns:
+                raise ValueError(
+                    f"dynamic_sampling=True regroups rollouts across generation rounds, which image inputs (column "
+                    f"{sorted(image_columns)[0]!r}) cannot be; set dynamic_sampling=False for image prompts. Text-only "
+                    "prompts with a multimodal processor are supported."
+                )
         # User callables are wrapped so that they, too, only ever see sanitized sibling traces.
         self.credit_reference = ensure_sanitized(
             credit_reference if credit_reference is not None else ContrastCreditReference()
