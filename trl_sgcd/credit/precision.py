@@ -65,10 +65,13 @@ def deviation_tokens(
     """
     calls = _steps(rollout_calls(messages))
     index = path_deviation(_steps(expert_action), calls, _is_read)
-    if index is None:
-        return None
+    return None if index is None else step_tokens(index, len(calls), tokens, trained)
+
+
+def step_tokens(index: int, n_calls: int, tokens: Sequence[str], trained: Sequence[bool]) -> list[bool] | None:
+    """Mask of the tokens of tool call `index` (or of the final answer when `index == n_calls`), None if not found."""
     mask = [False] * len(tokens)
-    if index < len(calls):
+    if index < n_calls:
         opens = [t for t, tok in enumerate(tokens) if tok.strip() == "<tool_call>"]
         if index >= len(opens):
             return None

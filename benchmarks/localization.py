@@ -1,0 +1,297 @@
+"""Localization benchmark: where does the credit weight land, per credit reference, on the offline airline env?
+
+For each warm start (a tiny Qwen3 SFT-initialised on the scripted expert's conversations, from its own seed) and each
+reference in {oracle, contrast, sibling_context, uniform}, the trainer runs a few steps at learning rate 0 (it
+measures the warm start; nothing is learned) with the credit dumps on, on tasks that carry the expert's actions. From
+the dumps:
+
+- failed rollouts: the per-rollout *lift* of the extra weight `W - 1` before, on and after the first deviation from
+  the expert's path (`first_deviation`): `(share of the rollout's extra weight in the region) / (share of its credited
+  tokens in the region)`; 1 = no localization, `on` > 1 = the weight lands on the wrong call;
+- successful rollouts: the same lift on the expert's decision tokens (the rollout's write calls that the expert makes;
+  its final answer when the expert makes no write);
+- both by task category; 95% intervals over rollouts (normal approximation) and, per reference, over warm starts.
+
+`oracle` is `OracleCreditReference` (the scripted expert: the upper bound of what a reference could say), `contrast`
+is `ContrastCreditReference()`, `sibling_context` the successful siblings' traces as teacher context, and `uniform`
+the contrast reference's weights spread evenly over each rollout (exactly 1.0 by construction: the control).
+
+    python benchmarks/localization.py --quick --out /tmp/loc         # the CI-sized run (see `--quick`)
+    python benchmarks/localization.py                                 # writes docs/results/localization.json + .png
+
+The warm starts split into a dev set (the first `--dev` of them, where segmenter settings would be chosen) and
+held-out ones; the report gives both. All runs use `torch.set_num_threads(1)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+
+REFERENCES = ("oracle", "contrast", "sibling_context", "uniform")
+REGIONS = ("before", "on", "after")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/localization")
+    parser.add_argument("--results", default=None, help="JSON path (default docs/results/localization.json)")
+    parser.add_argument("--warm-starts", type=int, default=3)
+    parser.add_argument("--dev", type=int, default=1, help="the first N warm starts are the dev split")
+    parser.add_argument("--references", nargs="+", default=list(REFERENCES), choices=REFERENCES)
+    parser.add_argument("--steps", type=int, default=6, help="measurement steps per warm start and reference")
+    parser.add_argument("--sft-examples", type=int, default=512)
+    parser.add_argument("--sft-epochs", type=float, default=8.0)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--max-completion-length", type=int, default=192)
+    parser.add_argument("--noise-floor", type=float, default=0.0, help="segment_noise_floor of the runs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI size: 3 small warm starts (hidden 64, 128 examples x 3 epochs), 1 step, 128-token completions",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sft_examples, args.sft_epochs, args.hidden_size = 128, 3.0, 64
+        args.steps, args.max_completion_length = 1, 128
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+
+
+def _regions(record: dict) -> tuple[str, dict[str, list[bool]]] | None:
+    """`(kind, {region: token mask})` of a dumped rollout: failures before/on/after their deviation, successes on the
+    expert's decision tokens; None when the rollout cannot be measured."""
+    from trl_sgcd.credit.precision import step_tokens
+    from trl_sgcd.envs.offline_airline import completion_tool_calls, first_deviation, task_from_id
+    from trl_sgcd.envs.offline_airline.env import canonical_call, is_read
+
+    task = task_from_id(record["metadata"]["task_id"])
+    calls = completion_tool_calls(record["messages"])
+    tokens, credit = record["tokens"], [bool(c) for c in record["credit_mask"]]
+    if not record["success"]:
+        index = first_deviation(task, calls)
+        if index is None:
+            return None
+        on = step_tokens(index, len(calls), tokens, credit)
+        if on is None:
+            return None
+        first, last = on.index(True), len(on) - 1 - on[::-1].index(True)
+        before = [c and t < first for t, c in enumerate(credit)]
+        after = [c and t > last for t, c in enumerate(credit)]
+        return "failed", {"before": before, "on": on, "after": after}
+    writes = {canonical_call(c["name"], c["arguments"]) for c in task["actions"] if not is_read(c["name"])}
+    decision = [False] * len(tokens)
+    indices = [
+        i
+        for i, c in enumerate(calls)
+        if isinstance(c.get("arguments"), dict) and canonical_call(c["name"], c["arguments"]) in writes
+    ]
+    for i in indices or [len(calls)]:
+        mask = step_tokens(i, len(calls), tokens, credit)
+        if mask is not None:
+            decision = [a or b for a, b in zip(decision, mask, strict=True)]
+    return ("success", {"decision": decision}) if any(decision) else None
+
+
+def rollout_lifts(dump_dir: Path) -> list[dict]:
+    """Per measured rollout with extra weight: kind, category and the lift of each region."""
+    out = []
+    for path in sorted(dump_dir.glob("step_*.jsonl")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["reference"] is None:
+                continue
+            regions = _regions(record)
+            if regions is None:
+                continue
+            kind, masks = regions
+            credit = [bool(c) for c in record["credit_mask"]]
+            extra = [max(w - 1.0, 0.0) if c else 0.0 for w, c in zip(record["weights"], credit, strict=True)]
+            total, n = math.fsum(extra), sum(credit)
+            if total <= 0:
+                continue
+            lifts = {}
+            for name, mask in masks.items():
+                share = sum(m and c for m, c in zip(mask, credit, strict=True)) / n
+                if share > 0:
+                    lifts[name] = (math.fsum(e for e, m in zip(extra, mask, strict=True) if m) / total) / share
+            out.append({"kind": kind, "category": record["metadata"].get("category"), **lifts})
+    return out
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean and normal-approximation 95% interval (`[mean, mean]` for a single value)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return {"mean": None, "ci": [None, None], "n": 0}
+    mean = statistics.fmean(values)
+    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": len(values)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    failed = [r for r in rows if r["kind"] == "failed"]
+    success = [r for r in rows if r["kind"] == "success"]
+    on = mean_ci([r["on"] for r in failed if "on" in r])
+    summary = {
+        "lift": on["mean"],
+        "ci": on["ci"],
+        "failed_rollouts": on["n"],
+        "failed": {region: mean_ci([r[region] for r in failed if region in r]) for region in REGIONS},
+        "success_decision": mean_ci([r["decision"] for r in success if "decision" in r]),
+        "by_category": {},
+    }
+    for category in sorted({r["category"] for r in rows if r["category"]}):
+        summary["by_category"][category] = {
+            "failed_on": mean_ci([r["on"] for r in failed if r["category"] == category and "on" in r]),
+            "success_decision": mean_ci(
+                [r["decision"] for r in success if r["category"] == category and "decision" in r]
+            ),
+        }
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def warm_start(name: str, seed: int, args, out: Path) -> str:
+    from trl_sgcd.warm_start import offline_airline_base_model, sft_warm_start
+
+    path = out / name / "sft"
+    if not (path / "config.json").exists():
+        base = offline_airline_base_model(out / name / "base", hidden_size=args.hidden_size, seed=seed)
+        sft_warm_start(base, path, num_examples=args.sft_examples, num_epochs=args.sft_epochs, seed=seed)
+    return str(path)
+
+
+def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[dict]:
+    from transformers import PrinterCallback
+
+    from trl_sgcd import ContrastCreditReference, SGCDGRPOTrainer
+    from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
+    from trl_sgcd.references import OracleCreditReference
+    from trl_sgcd.warm_start import offline_airline_rl_config
+
+    dataset = make_dataset("train", n=256, seed=seed)
+    dataset = dataset.add_column("expert_action", [json.dumps(json.loads(t)["actions"]) for t in dataset["task"]])
+    mode = {"sibling_context": "sibling_context", "uniform": "uniform"}.get(reference, "sgcd")
+    config = offline_airline_rl_config(
+        run_dir,
+        credit_mode=mode,
+        learning_rate=0.0,
+        max_steps=args.steps,
+        max_completion_length=args.max_completion_length,
+        credit_log_steps=1,
+        segment_noise_floor=args.noise_floor,
+        disable_tqdm=True,
+        seed=seed,
+    )
+    provider = OracleCreditReference() if reference == "oracle" else ContrastCreditReference()
+    trainer = SGCDGRPOTrainer(
+        model=model,
+        reward_funcs=offline_airline_reward,
+        args=config,
+        train_dataset=dataset,
+        environment_factory=OfflineAirlineEnv,
+        credit_reference=provider,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return rollout_lifts(run_dir / "sgcd_credit")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    refs = list(report["pooled"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k, region in enumerate(REGIONS):
+        stats = [report["pooled"][r]["failed"][region] for r in refs]
+        means = [s["mean"] or 0.0 for s in stats]
+        err = [
+            [(s["mean"] or 0) - (s["ci"][0] or 0) for s in stats],
+            [(s["ci"][1] or 0) - (s["mean"] or 0) for s in stats],
+        ]
+        axes[0].bar([i + 0.27 * (k - 1) for i in range(len(refs))], means, 0.27, yerr=err, capsize=3, label=region)
+    axes[0].set_title("failed rollouts: lift relative to the first deviation")
+    stats = [report["pooled"][r]["success_decision"] for r in refs]
+    axes[1].bar(
+        range(len(refs)),
+        [s["mean"] or 0.0 for s in stats],
+        yerr=[
+            [(s["mean"] or 0) - (s["ci"][0] or 0) for s in stats],
+            [(s["ci"][1] or 0) - (s["mean"] or 0) for s in stats],
+        ],
+        capsize=3,
+    )
+    axes[1].set_title("successful rollouts: lift on the expert's decision tokens")
+    for ax in axes:
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(refs)), refs)
+        ax.set_ylabel("lift (1 = uniform)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    warm_starts, pooled_rows = [], {r: [] for r in args.references}
+    for w in range(args.warm_starts):
+        name, seed = f"warm{w}", 100 + w
+        model = warm_start(name, seed, args, out)
+        entry = {"name": name, "seed": seed, "split": "dev" if w < args.dev else "held_out", "references": {}}
+        for reference in args.references:
+            rows = measure(model, reference, seed, args, out / name / reference)
+            pooled_rows[reference].extend({**r, "warm_start": name} for r in rows)
+            entry["references"][reference] = summarize(rows)
+            print(f"{name} {reference:16s} lift {entry['references'][reference]['lift']}", flush=True)
+        warm_starts.append(entry)
+
+    def across(split: str | None) -> dict:
+        result = {}
+        for reference in args.references:
+            lifts = [
+                w["references"][reference]["lift"]
+                for w in warm_starts
+                if (split is None or w["split"] == split) and w["references"][reference]["lift"] is not None
+            ]
+            result[reference] = mean_ci(lifts)
+        return result
+
+    report = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+        "minutes": (time.perf_counter() - start) / 60,
+        "warm_starts": warm_starts,
+        "pooled": {r: summarize(rows) for r, rows in pooled_rows.items()},
+        "across_warm_starts": {"dev": across("dev"), "held_out": across("held_out"), "all": across(None)},
+    }
+    results = Path(args.results) if args.results else (out / "localization.json" if args.quick else None)
+    if results is None:
+        results = Path(__file__).resolve().parent.parent / "docs" / "results" / "localization.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=1))
+    plot(report, results.with_suffix(".png"))
+    print(f"wrote {results} ({report['minutes']:.1f} min)", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
