@@ -176,3 +176,48 @@ def test_evaluation_imports_nothing_from_the_training_side():
             ):
                 offenders.append(f"{path.name}: ..{node.module}")
     assert offenders == []
+
+
+def test_trainer_audits_with_the_environments_communication_tools(tiny_model_path, tmp_path, monkeypatch):
+    import sys
+
+    from datasets import Dataset
+
+    import trl_sgcd.diagnostics as diagnostics
+    from trl_sgcd import SGCDConfig, SGCDGRPOTrainer
+
+    seen = []
+
+    def spy(completions, successes, communication_tools=()):
+        seen.append(frozenset(communication_tools))
+        return tool_audit(completions, successes, communication_tools)
+
+    # Wherever the trainer's modules import `tool_audit` from, they call the spy.
+    holders = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("trl_sgcd")
+        and module is not diagnostics
+        and getattr(module, "tool_audit", None) is tool_audit
+    ]
+    assert holders
+    for module in holders:
+        monkeypatch.setattr(module, "tool_audit", spy)
+    args = SGCDConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        dynamic_sampling=False,
+        credit_mode="off",
+    )
+    rows = [{"prompt": [{"role": "user", "content": "help"}], "task_id": str(i)} for i in range(4)]
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path, args=args, train_dataset=Dataset.from_list(rows), environment_factory=HelpDesk
+    )
+    trainer.train()
+    assert seen and all(tools == {"send_message_to_user"} for tools in seen)
