@@ -1,13 +1,14 @@
-"""Segmenter options: the absolute noise floor keeps a random model's divergence noise at `W = 1`."""
+"""Segmenter options: the absolute noise floor (noise keeps `W = 1`) and signed disagreement on the observed token."""
 
 import dataclasses
 
 import pytest
 import torch
+from test_trainer import _args, _dataset, fixed_reference, parity_reward
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from trl_sgcd import SGCDConfig
-from trl_sgcd.credit import SegmenterConfig, credit_weights, saliency_segments
+from trl_sgcd import SGCDConfig, SGCDGRPOTrainer
+from trl_sgcd.credit import SegmenterConfig, credit_weights, saliency_segments, signed_agreement
 from trl_sgcd.credit.divergence import teacher_divergence
 
 
@@ -68,3 +69,41 @@ def test_noise_floor_config(tmp_path):
     assert config().segmenter.noise_floor == 0.0
     with pytest.raises(ValueError, match="segment_noise_floor"):
         config(segment_noise_floor=-1.0)
+
+
+def test_signed_agreement_keeps_the_teacher_shift_that_agrees_with_the_advantage():
+    log_ratio = torch.tensor([[-0.5, 0.3, 0.0], [-0.5, 0.3, 0.0]])
+    kept = signed_agreement(log_ratio, torch.tensor([-1.0, 2.0]))
+    assert torch.equal(kept, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert torch.equal(signed_agreement(log_ratio, torch.tensor([[-1.0, -1.0, 1.0], [0.0, 1.0, 1.0]])), kept)
+
+
+def test_signed_segmenter_in_training_zeroes_disagreeing_divergence(tiny_model_path, tmp_path):
+    trainer = SGCDGRPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=parity_reward,
+        args=_args(tmp_path, dynamic_sampling=False, segment_signed=True, max_steps=1),
+        train_dataset=_dataset(),
+        credit_reference=fixed_reference,
+    )
+    scores, seen = [], []
+    original_score, original_weigh = trainer._score, trainer._weigh
+
+    def score(*args, **kwargs):
+        assert not kwargs["fused"]  # the signed rule needs the separate student pass
+        scores.append(original_score(*args, **kwargs))
+        return scores[-1]
+
+    def weigh(batch, d, h, mask, any_reference):
+        seen.append((batch["advantages"].clone(), d.clone(), mask.clone()))
+        return original_weigh(batch, d, h, mask, any_reference)
+
+    trainer._score, trainer._weigh = score, weigh
+    trainer.train()
+    assert scores and seen
+    (adv, d, mask), result = seen[0], scores[0]
+    log_ratio = result["teacher_logps"] - result["student_logps"]
+    agree = (log_ratio * adv.unsqueeze(1)) > 0
+    expected = result["divergence"] * mask * agree
+    assert torch.equal(d, expected)
+    assert (d[mask & agree] > 0).any() and (result["divergence"][mask & ~agree] > 0).any()

@@ -74,6 +74,11 @@ class SGCDConfig(GRPOConfig):
             z-score are kept.
         segment_min_divergence (`float`, *optional*, defaults to `1e-4`):
             Minimum absolute divergence (nats) of a spike, so numerical noise never starts a span.
+        segment_signed (`bool`, *optional*, defaults to `False`):
+            This package's own option: signed disagreement on the observed token. A failed rollout keeps the
+            divergence only where the teacher gives the observed token a lower log-probability than the student; a
+            successful one only where it gives a higher one (see `trl_sgcd.credit.segmenter`). Needs the separate
+            student pass, which it selects. `False` is the paper's unsigned divergence.
         segment_noise_floor (`float`, *optional*, defaults to `0.0`):
             This package's own option (not in the paper): absolute divergence (nats) below which a token is never a
             spike nor part of a span, so a rollout whose divergence is all noise keeps `W = 1`. The segmenter's z-score
@@ -173,6 +178,10 @@ class SGCDConfig(GRPOConfig):
         default=0.25, metadata={"help": "Maximum fraction of a rollout's assistant tokens covered by spans."}
     )
     segment_min_divergence: float = field(default=1e-4, metadata={"help": "Minimum divergence (nats) of a spike."})
+    segment_signed: bool = field(
+        default=False,
+        metadata={"help": "Keep the divergence only where the teacher's shift on the observed token agrees with A."},
+    )
     segment_noise_floor: float = field(
         default=0.0, metadata={"help": "Divergence (nats) below which a token never earns credit (0: paper's rule)."}
     )

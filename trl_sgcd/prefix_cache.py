@@ -55,7 +55,9 @@ def continuation_positions(prefix_length: int, completion: torch.Tensor) -> torc
     return positions.unsqueeze(0).expand(completion.size(0), -1)
 
 
-def prefix_sharing_error(forward: Callable[..., tuple], vocab_size: int, device, rtol: float | None = None) -> str | None:
+def prefix_sharing_error(
+    forward: Callable[..., tuple], vocab_size: int, device, rtol: float | None = None
+) -> str | None:
     """Why shared-prefix scoring would not be exact for a model, or `None` if it is.
 
     Scores a 6-token prefix and two 4-token continuations both in full and from the repeated prefix cache, with

@@ -39,6 +39,7 @@ from .credit import (
     gspo_token_old_logps,
     observed_anchored_divergence,
     saliency_segments,
+    signed_agreement,
     student_support_divergence,
     support_entropy,
     teacher_divergence,
@@ -596,7 +597,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         dump = self.args.credit_log_steps > 0 and self.state.global_step % self.args.credit_log_steps == 0
         # Credit precision needs the weights here, so rows with an expert action take the separate student pass.
         expert = any(m.get("expert_action") for m in rollouts.metadata or [])  # global: every process gathers
-        fused = self._fuse_student and not dump and not expert
+        fused = self._fuse_student and not dump and not expert and not self.args.segment_signed
         scores = self._score(output, rollouts, local_refs, contexts, fused=fused)
         self._log_scoring(scores)
         if "support_ids" in scores:  # fused: the student side and the weights come with TRL's loss forward
@@ -608,6 +609,8 @@ class SGCDGRPOTrainer(GRPOTrainer):
             )
             return output
         d, h = scores["divergence"] * credit_mask, scores["entropy"]
+        if self.args.segment_signed and mode not in ("sdpo", "direct_sd"):
+            d = d * signed_agreement(scores["teacher_logps"] - scores["student_logps"], advantages)
         if mode in ("sdpo", "direct_sd"):
             weights = torch.ones_like(d)
             if mode == "sdpo":
@@ -849,7 +852,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
         d = torch.zeros(batch, width, device=device)
         h = torch.zeros(batch, width, device=device)
         result: dict[str, torch.Tensor] = {"divergence": d, "entropy": h}
-        if mode == "sdpo":
+        if mode == "sdpo" or self.args.segment_signed:
             result["teacher_logps"] = torch.zeros(batch, width, device=device)
             result["student_logps"] = torch.zeros(batch, width, device=device)
         if mode == "direct_sd":
@@ -936,7 +939,7 @@ class SGCDGRPOTrainer(GRPOTrainer):
             )
             parts["divergence"].append(dd)
             parts["entropy"].append(hh)
-            if mode == "sdpo":
+            if mode == "sdpo" or self.args.segment_signed:
                 for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
                     logps = torch.log_softmax(logits.float() / self.temperature, dim=-1)
                     parts[name].append(logps.gather(-1, obs.unsqueeze(-1)).squeeze(-1))

@@ -12,7 +12,7 @@ from .divergence import (
     teacher_topk,
 )
 from .importance import gspo_token_old_logps, sequence_log_ratio
-from .segmenter import SegmenterConfig, Span, robust_zscore, saliency_segments
+from .segmenter import SegmenterConfig, Span, robust_zscore, saliency_segments, signed_agreement
 from .weights import credit_advantages, credit_weights, uniform_weights
 
 
@@ -27,6 +27,7 @@ __all__ = [
     "project_to_support",
     "robust_zscore",
     "saliency_segments",
+    "signed_agreement",
     "sequence_log_ratio",
     "student_support_divergence",
     "support_divergence",

@@ -120,7 +120,12 @@ def precision_from_sums(sums: Sequence[float]) -> dict[str, float]:
     extra_dev, extra, tokens_dev, tokens, lift_sum, n = (float(v) for v in sums)
     if n == 0:
         return {}
-    return {"precision": extra_dev / extra, "deviation_share": tokens_dev / tokens, "lift": lift_sum / n, "rollouts": n}
+    return {
+        "precision": extra_dev / extra,
+        "deviation_share": tokens_dev / tokens,
+        "lift": lift_sum / n,
+        "rollouts": n,
+    }
 
 
 def credit_precision_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:

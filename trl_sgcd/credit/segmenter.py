@@ -18,6 +18,12 @@ Option (this package's own, not in the paper): `noise_floor`, an absolute diverg
 never a spike nor part of a span. Steps 1-2 are scale-free, so without it a policy whose teacher and student barely
 differ (a random-weight model: mean `d` ≈ 1.5e-4 nats, max ≈ 7e-4) still gets spans and weights up to `W = c` from
 noise; with a floor above the noise, such a rollout keeps `W ≡ 1`. The default `0.0` is the paper's scale-free rule.
+
+Option (this package's own): *signed* disagreement on the observed token (`signed_agreement`). The divergence is
+unsigned: it is as large where the reference makes the teacher *more* sure of the token the rollout took (a correct
+opening move) as where it makes it less sure (the wrong call). With `segment_signed`, a failed rollout (`A < 0`) keeps
+the divergence only where the teacher gives the observed token a lower log-probability than the student, and a
+successful one (`A > 0`) only where it gives it a higher one; elsewhere `d` is 0 and earns no credit.
 """
 
 from __future__ import annotations
@@ -146,3 +152,14 @@ def saliency_segments(
             saliency[i, span.start : span.end + 1] = dn[i, span.start : span.end + 1].clamp(min=config.saliency_floor)
         spans.extend(row_spans)
     return (saliency * m).to(divergence.device), spans
+
+
+def signed_agreement(log_ratio: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """`1` where the teacher's shift on the observed token agrees with the advantage's sign, else `0`.
+
+    Args:
+        log_ratio: `(B, T)` `log q_teacher(y_t) - log p_student(y_t)` on the observed tokens.
+        advantages: `(B,)` sequence or `(B, T)` token advantages.
+    """
+    a = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    return ((log_ratio * a.to(log_ratio.dtype)) > 0).to(log_ratio.dtype)
