@@ -50,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--max-completion-length", type=int, default=192)
     parser.add_argument("--noise-floor", type=float, default=0.0, help="segment_noise_floor of the runs")
+    parser.add_argument("--signed", action="store_true", help="segment_signed=True in the runs")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -190,6 +191,7 @@ def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[
         max_completion_length=args.max_completion_length,
         credit_log_steps=1,
         segment_noise_floor=args.noise_floor,
+        segment_signed=args.signed,
         disable_tqdm=True,
         seed=seed,
     )
@@ -259,7 +261,8 @@ def main(argv=None) -> dict:
         model = warm_start(name, seed, args, out)
         entry = {"name": name, "seed": seed, "split": "dev" if w < args.dev else "held_out", "references": {}}
         for reference in args.references:
-            rows = measure(model, reference, seed, args, out / name / reference)
+            variant = f"floor{args.noise_floor:g}" + ("-signed" if args.signed else "")
+            rows = measure(model, reference, seed, args, out / name / variant / reference)
             pooled_rows[reference].extend({**r, "warm_start": name} for r in rows)
             entry["references"][reference] = summarize(rows)
             print(f"{name} {reference:16s} lift {entry['references'][reference]['lift']}", flush=True)
