@@ -13,7 +13,7 @@ from trl_sgcd.references import (
     resolve_references,
     tool_sequence,
 )
-from trl_sgcd.references.contrast import ToolStep, common_subsequence, path_deviation
+from trl_sgcd.references.alignment import ToolStep, common_subsequence, path_deviation
 from trl_sgcd.siblings import Sibling, SiblingGroup
 
 

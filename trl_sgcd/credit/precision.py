@@ -23,7 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..references.contrast import DEFAULT_READ_PREFIXES, ToolStep, path_deviation
+from ..references.alignment import ToolStep, path_deviation
+from ..references.contrast import DEFAULT_READ_PREFIXES
 
 
 def _steps(calls: Any) -> list[ToolStep]:

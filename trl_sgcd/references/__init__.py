@@ -9,6 +9,7 @@
 """
 
 from ..siblings import CreditReference
+from .alignment import tool_sequence
 from .base import (
     CallableCreditReference,
     CreditReferenceError,
@@ -20,7 +21,7 @@ from .base import (
     run_sync,
 )
 from .cache import ReferenceCache, cache_key
-from .contrast import ContrastCreditReference, SiblingContextReference, tool_sequence
+from .contrast import ContrastCreditReference, SiblingContextReference
 from .litellm_provider import LiteLLMCreditReference, ProviderCallError
 from .oracle import OracleCreditReference
 from .prompt import (

@@ -28,8 +28,9 @@ from ..envs.offline_airline.env import canonical_call, is_read
 from ..envs.offline_airline.reward import first_deviation
 from ..envs.offline_airline.tasks import Task, load_task, task_from_id
 from ..siblings import CreditReference, SiblingGroup
+from .alignment import ToolStep, tool_sequence
 from .base import CreditReferenceProvider
-from .contrast import ToolStep, _scalar_leaves, tool_sequence
+from .contrast import _scalar_leaves
 from .prompt import format_call, format_credit_reference, truncate
 from .sanitizer import Sanitizer, finalize_reference
 
