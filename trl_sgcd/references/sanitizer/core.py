@@ -1,0 +1,342 @@
+"""The `Sanitizer`: walks messages, tool calls and structured tool results and masks what the rules find."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from ...siblings import Sibling, SiblingGroup
+from .config import SanitizedGroup, SanitizerConfig
+from .rules import (
+    _API_KEY_RE,
+    _AUTH_SCHEMES,
+    _BEARER_RE,
+    _CARD_RE,
+    _DIGIT_RE,
+    _EMAIL_RE,
+    _IBAN_RE,
+    _KEYED_RE,
+    _NON_DIGIT_RE,
+    _NON_VALUES,
+    _PHONE_RES,
+    _PROTECTED_MESSAGE_KEYS,
+    _URL_CREDENTIALS_RE,
+    CATEGORIES,
+    PLACEHOLDER_RE,
+    _Context,
+    _literal_regex,
+    _norm_key,
+    _parse_container,
+    _value_end,
+    iban_valid,
+    luhn_valid,
+)
+
+
+class Sanitizer:
+    """Masks secrets, payment/account values, contact data, oracle reports and answer literals in sibling evidence.
+
+    Args:
+        config: what to mask; defaults to `SanitizerConfig()`.
+
+    Example:
+        >>> clean, counts = Sanitizer().sanitize_group(group)
+        >>> counts["email"]
+        2
+    """
+
+    def __init__(self, config: SanitizerConfig | None = None):
+        self.config = config or SanitizerConfig()
+        cfg = self.config
+        self._key_category: dict[str, str] = {}
+        # Later assignments win: oracle > credential > payment > account > email > phone.
+        for category, keys in (
+            ("phone", cfg.phone_keys),
+            ("email", cfg.email_keys),
+            ("account", cfg.account_keys),
+            ("payment", cfg.payment_keys),
+            ("credential", cfg.credential_keys),
+            ("oracle", cfg.oracle_keys),
+        ):
+            for key in keys:
+                self._key_category[_norm_key(key)] = category
+        self._credential_suffixes = tuple(_norm_key(s.lstrip("_")) for s in cfg.credential_key_suffixes)
+        self._key_memo: dict[str, str | None] = {}  # field names repeat across messages and siblings
+        self._oracle_res = [re.compile(p) for p in cfg.oracle_patterns]
+        self._pattern_rules: list[tuple[str, re.Pattern[str]]] = []
+        if cfg.mask_credentials:
+            self._pattern_rules.append(("credential", _API_KEY_RE))
+        self._pattern_rules += [("payment", re.compile(p)) for p in cfg.payment_patterns]
+        self._pattern_rules += [("account", re.compile(p)) for p in cfg.account_patterns]
+        for category, patterns in cfg.extra_patterns.items():
+            self._pattern_rules += [(category, re.compile(p)) for p in patterns]
+
+    # ------------------------------------------------------------------ public API
+
+    def sanitize_group(self, group: SiblingGroup) -> tuple[SiblingGroup, dict[str, int]]:
+        """Returns a sanitized copy of `group` and the number of masked values per category."""
+        result = self.sanitize(group)
+        return result.group, result.counts
+
+    def sanitize(self, group: SiblingGroup) -> SanitizedGroup:
+        """Like `sanitize_group`, also returning the original masked values (for credit masking)."""
+        cfg = self.config
+        metadata = dict(group.metadata or {})
+        metadata.pop(cfg.answer_literals_key, None)  # never forwarded: the sanitized group must not carry the answers
+        ctx = _Context(_literal_regex(self.answer_literals(group)))
+        prompt = (
+            self._mask_string(group.prompt, ctx)
+            if isinstance(group.prompt, str)
+            else self._mask_messages(group.prompt, ctx)
+        )
+        siblings = [
+            Sibling(messages=self._mask_messages(s.messages, ctx), reward=s.reward, success=s.success)
+            for s in group.siblings
+        ]
+        clean_metadata = self._mask_obj(metadata, ctx) if metadata else {}
+        sanitized = SiblingGroup(prompt=prompt, siblings=siblings, metadata=clean_metadata)
+        return SanitizedGroup(group=sanitized, counts=self._counts(ctx), masked_values=self._masked_values(ctx))
+
+    def sanitize_text(self, text: str, literals: Iterable[Any] = ()) -> tuple[str, dict[str, int]]:
+        """Masks one string (JSON-aware); `literals` are treated as answer literals."""
+        ctx = _Context(_literal_regex(literals))
+        return self._mask_string(text, ctx), self._counts(ctx)
+
+    def sanitize_messages(self, messages: list[dict[str, Any]], literals: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Returns a masked copy of a list of chat messages."""
+        return self._mask_messages(messages, _Context(_literal_regex(literals)))
+
+    def answer_literals(self, group: SiblingGroup) -> list[str]:
+        """The answer-bearing literals the benchmark adapter declared for `group` (a string or a list of values)."""
+        raw = (group.metadata or {}).get(self.config.answer_literals_key)
+        if raw is None:
+            return []
+        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+            raw = [raw]
+        return [str(v).strip() for v in raw if v is not None and not isinstance(v, bool) and str(v).strip()]
+
+    def placeholder(self, category: str) -> str:
+        return self.config.placeholder.format(category=category.upper())
+
+    # ------------------------------------------------------------------ internals
+
+    def _counts(self, ctx: _Context) -> dict[str, int]:
+        counts = {c: 0 for c in CATEGORIES}
+        counts.update(ctx.counts)
+        return counts
+
+    def _masked_values(self, ctx: _Context) -> list[str]:
+        cfg = self.config
+        out: list[str] = []
+        seen = set()
+        for category, value in ctx.values:
+            value = value.strip()
+            if not value or value in seen or len(value) > cfg.max_literal_chars:
+                continue
+            if category != "answer" and len(value) < cfg.min_literal_chars:
+                continue
+            seen.add(value)
+            out.append(value)
+        return out
+
+    def _hit(self, ctx: _Context, category: str, value: str | None) -> str:
+        ctx.counts[category] += 1
+        ctx.hits.append((category, value))
+        if value is not None:
+            ctx.values.append((category, value))
+        return self.placeholder(category)
+
+    def category_of_key(self, key: str) -> str | None:
+        """The category of a field name, or `None` when its values are not masked by name."""
+        if key in self._key_memo:
+            return self._key_memo[key]
+        norm = _norm_key(key)
+        category = self._key_category.get(norm)
+        if category is None and any(norm.endswith("_" + s) for s in self._credential_suffixes):
+            category = "credential"
+        if len(self._key_memo) < 65_536:
+            self._key_memo[key] = category
+        return category
+
+    def _mask_messages(self, messages: list[dict[str, Any]], ctx: _Context) -> list[dict[str, Any]]:
+        out = []
+        for message in messages or []:
+            if not isinstance(message, dict):
+                out.append(self._mask_obj(message, ctx))
+                continue
+            clean = {}
+            for key, value in message.items():
+                if key in _PROTECTED_MESSAGE_KEYS:
+                    clean[key] = value
+                elif key == "tool_calls" and isinstance(value, list):
+                    clean[key] = [self._mask_tool_call(call, ctx) for call in value]
+                else:
+                    clean[key] = self._mask_obj(value, ctx)
+            out.append(clean)
+        return out
+
+    def _mask_tool_call(self, call: Any, ctx: _Context) -> Any:
+        if not isinstance(call, dict):
+            return self._mask_obj(call, ctx)
+        clean = dict(call)
+        function = call.get("function")
+        if isinstance(function, dict):
+            function = dict(function)
+            if "arguments" in function:
+                function["arguments"] = self._mask_obj(function["arguments"], ctx)
+            clean["function"] = function
+        return clean
+
+    def _mask_value(self, value: Any, category: str, ctx: _Context) -> Any:
+        """Masks the value of a sensitive field."""
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, (dict, list, tuple)):
+            if category == "oracle" or category == "credential":
+                return self._hit(ctx, category, None)
+            if isinstance(value, dict):
+                return {k: self._mask_value(v, category, ctx) for k, v in value.items()}
+            return [self._mask_value(v, category, ctx) for v in value]
+        text = str(value)
+        if text.strip().lower() in _NON_VALUES or PLACEHOLDER_RE.fullmatch(text.strip()):
+            return value
+        if category == "oracle" and len(text) > self.config.max_literal_chars:
+            return self._hit(ctx, category, None)
+        return self._hit(ctx, category, text)
+
+    def _mask_obj(self, obj: Any, ctx: _Context) -> Any:
+        if isinstance(obj, dict):
+            out = {}
+            for key, value in obj.items():
+                category = self.category_of_key(key) if isinstance(key, str) else None
+                new_key = self._mask_text(key, ctx) if isinstance(key, str) else key
+                if new_key != key and new_key in out:  # two ids masked to the same placeholder: keep both entries
+                    n = 2
+                    while f"{new_key} ({n})" in out:
+                        n += 1
+                    new_key = f"{new_key} ({n})"
+                out[new_key] = self._mask_value(value, category, ctx) if category else self._mask_obj(value, ctx)
+            return out
+        if isinstance(obj, list):
+            return [self._mask_obj(v, ctx) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(self._mask_obj(v, ctx) for v in obj)
+        if isinstance(obj, str):
+            return self._mask_string(obj, ctx)
+        if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            text = str(obj)
+            masked = self._mask_text(text, ctx)
+            return obj if masked == text else masked
+        return obj
+
+    def _mask_string(self, text: str, ctx: _Context) -> str:
+        """Masks a string; JSON (or printed Python) containers are parsed, walked and re-serialized."""
+        stripped = text.strip()
+        if stripped[:1] in ("{", "[", '"') and len(stripped) <= self.config.max_parse_chars:
+            before = sum(ctx.counts.values())
+            parsed, dump = _parse_container(stripped, self.config.parse_python_literals)
+            if dump is not None:
+                masked = self._mask_obj(parsed, ctx)
+                return dump(masked) if sum(ctx.counts.values()) != before else text
+        return self._mask_text(text, ctx)
+
+    def _mask_text(self, text: str, ctx: _Context) -> str:
+        """Masks free text with the regex rules (oracle reports first, contact data last)."""
+        if not text:
+            return text
+        memo = ctx.memo.get(text)
+        if memo is None:
+            hits_before = len(ctx.hits)
+            masked = self._mask_text_rules(text, ctx)
+            memo = ctx.memo[text] = (masked, ctx.hits[hits_before:])
+        else:
+            for category, value in memo[1]:
+                self._hit(ctx, category, value)
+        return memo[0]
+
+    def _mask_text_rules(self, text: str, ctx: _Context) -> str:
+        cfg = self.config
+        for regex in self._oracle_res:
+            text = regex.sub(lambda m: self._hit(ctx, "oracle", None), text)
+        if ctx.literal_re is not None:
+            text = ctx.literal_re.sub(lambda m: self._hit(ctx, "answer", m.group(0)), text)
+        if cfg.mask_credentials:
+            text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + self._hit(ctx, "credential", m.group(3)), text)
+            if "://" in text:
+                text = _URL_CREDENTIALS_RE.sub(
+                    lambda m: m.group(1) + self._hit(ctx, "credential", m.group(2)) + m.group(3), text
+                )
+        text = self._mask_keyed_text(text, ctx)
+        for category, regex in self._pattern_rules:
+            text = regex.sub(lambda m, c=category: self._hit(ctx, c, m.group(0)), text)
+        if cfg.mask_emails and "@" in text:
+            text = _EMAIL_RE.sub(lambda m: self._hit(ctx, "email", m.group(0)), text)
+        if not _DIGIT_RE.search(text):  # the remaining rules all need digits
+            return text
+        if cfg.mask_cards:
+            text = _CARD_RE.sub(lambda m: self._card(m.group(0), ctx), text)
+        if cfg.mask_ibans:
+            text = _IBAN_RE.sub(
+                lambda m: self._hit(ctx, "account", m.group(0)) if iban_valid(m.group(0)) else m.group(0), text
+            )
+        if cfg.mask_phones:
+            for regex in _PHONE_RES:
+                text = regex.sub(lambda m: self._hit(ctx, "phone", m.group(0)), text)
+        return text
+
+    def _card(self, match: str, ctx: _Context) -> str:
+        digits = _NON_DIGIT_RE.sub("", match)
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            return self._hit(ctx, "payment", match)
+        return match
+
+    def _mask_keyed_text(self, text: str, ctx: _Context) -> str:
+        """Masks `key: value` / `key=value` pairs whose key names a sensitive field, in unparsed text."""
+        if ":" not in text and "=" not in text:
+            return text
+        out = []
+        pos = 0
+        # Every scan below either advances `pos` past what it read or is a bare-token scan whose end is remembered,
+        # so hostile input (`"payment_id={" * N`, `"token=" * N + "("`) is masked in linear time.
+        bare = (-1, -1)
+        skip = 0  # end of a bare `name(` call already passed over
+        for match in _KEYED_RE.finditer(text):
+            if match.start() < max(pos, skip):
+                continue
+            category = self.category_of_key(match.group("key"))
+            if category is None:
+                continue
+            start = match.end()
+            if start < len(text) and text[start] in "[{" and category not in ("oracle", "credential"):
+                continue  # a structure under e.g. `payment_id`: the regex rules below still see its contents
+            if bare[0] <= start < bare[1]:
+                end = bare[1]  # inside a bare token already scanned: same end
+            else:
+                end = _value_end(text, start)
+                if start < len(text) and text[start] not in "\"'[{":
+                    bare = (start, end)
+            raw = text[start:end]
+            if end <= start:
+                continue
+            inner_start, inner_end = start, end
+            if raw[0] in "\"'" and len(raw) >= 2 and raw[-1] == raw[0]:
+                inner_start, inner_end = start + 1, end - 1
+            value = text[inner_start:inner_end]
+            if value.strip().lower() in _NON_VALUES or PLACEHOLDER_RE.fullmatch(value.strip()):
+                continue
+            if raw[0] not in "\"'[{":
+                if value.lower() in _AUTH_SCHEMES and text[end : end + 1].isspace():
+                    continue  # `Authorization: Bearer <token>`: the token itself is masked by the bearer rule
+                if text[end : end + 1] == "(":
+                    skip = end
+                    continue  # `token = apis.login(...)`: code assigning a call's result, not a literal
+            whole = raw[0] in "[{"
+            recorded = None if whole or len(value) > self.config.max_literal_chars else value
+            out.append(text[pos:inner_start])
+            out.append(self._hit(ctx, category, recorded))
+            pos = inner_end
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
