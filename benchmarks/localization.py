@@ -35,6 +35,18 @@ from pathlib import Path
 
 REFERENCES = ("oracle", "contrast", "sibling_context", "uniform")
 REGIONS = ("before", "on", "after")
+# What each pipeline stage gave, from the training logs (mean over steps): where a missing lift comes from.
+STAGE_KEYS = (
+    "reward",
+    "sgcd/groups/mixed_frac",
+    "sgcd/reference/groups_with_reference",
+    "sgcd/divergence/mean",
+    "sgcd/divergence/max",
+    "sgcd/segments/count",
+    "sgcd/segments/selected_token_frac",
+    "sgcd/weights/mean",
+    "sgcd/weights/boosted_frac",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -206,7 +218,12 @@ def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return rollout_lifts(run_dir / "sgcd_credit")
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    stages = {}
+    for key in STAGE_KEYS:
+        values = [h[key] for h in logs if h.get(key) is not None]
+        stages[key.removeprefix("sgcd/")] = statistics.fmean(values) if values else None
+    return rollout_lifts(run_dir / "sgcd_credit"), stages
 
 
 def plot(report: dict, path: Path) -> None:
@@ -262,10 +279,10 @@ def main(argv=None) -> dict:
         entry = {"name": name, "seed": seed, "split": "dev" if w < args.dev else "held_out", "references": {}}
         for reference in args.references:
             variant = f"floor{args.noise_floor:g}" + ("-signed" if args.signed else "")
-            rows = measure(model, reference, seed, args, out / name / variant / reference)
+            rows, stages = measure(model, reference, seed, args, out / name / variant / reference)
             pooled_rows[reference].extend({**r, "warm_start": name} for r in rows)
-            entry["references"][reference] = summarize(rows)
-            print(f"{name} {reference:16s} lift {entry['references'][reference]['lift']}", flush=True)
+            entry["references"][reference] = {**summarize(rows), "stages": stages}
+            print(f"{name} {reference:16s} lift {entry['references'][reference]['lift']} {stages}", flush=True)
         warm_starts.append(entry)
 
     def across(split: str | None) -> dict:
