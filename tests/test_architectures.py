@@ -90,6 +90,7 @@ def _train(path, tmp_path, **overrides):
 
 def _check(trainer, score, scored, weighed, loss_advantages, arch):
     assert trainer.state.global_step == 1
+    assert trainer._fuse_student and trainer._stream_head  # the automatic student pass is fused into TRL's loss
     # Credit weights above 1 reach TRL's loss: it reads A·W.
     assert scored and weighed and loss_advantages
     a = torch.cat([before for before, _ in weighed])
