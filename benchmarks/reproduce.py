@@ -106,16 +106,16 @@ def deviation_token_mask(record: dict) -> list[int] | None:
 def _scored_failures(dump_dir: Path, category: str | None = None):
     """`(record, first-deviation mask)` of every failed rollout in the credit dumps whose group had a reference and
     whose deviation is known; with `category`, only that task category's."""
-    for path in sorted(dump_dir.glob("step_*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["reference"] is None or record["success"]:
-                continue
-            if category is not None and record.get("metadata", {}).get("category") != category:
-                continue
-            mask = deviation_token_mask(record)
-            if mask is not None:
-                yield record, mask
+    from trl_sgcd.credit_dump import iter_records
+
+    for record in iter_records(dump_dir):
+        if record["reference"] is None or record["success"]:
+            continue
+        if category is not None and record.get("metadata", {}).get("category") != category:
+            continue
+        mask = deviation_token_mask(record)
+        if mask is not None:
+            yield record, mask
 
 
 def credit_precision(dump_dir: Path, category: str | None = None) -> dict[str, float]:

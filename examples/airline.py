@@ -51,7 +51,7 @@ class ScriptArguments:
     max_user_turns: int = field(default=16, metadata={"help": "Customer turns per episode."})
 
 
-PAPER_DEFAULTS = dict(  # notes/paper.md §2.2 (Table 4)
+PAPER_DEFAULTS = dict(  # the paper's airline settings (Table 4)
     num_generations=8,
     per_device_train_batch_size=8,
     learning_rate=1e-6,

@@ -45,7 +45,7 @@ class ScriptArguments:
     max_interactions: int = field(default=30, metadata={"help": "Environment steps per task."})
 
 
-PAPER_DEFAULTS = dict(  # notes/paper.md §2.1 (Table 3)
+PAPER_DEFAULTS = dict(  # the paper's AppWorld settings (Table 3)
     num_generations=8,
     per_device_train_batch_size=8,
     learning_rate=1e-6,

@@ -9,7 +9,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
-import trl_sgcd.trainer as trainer_module
+import trl_sgcd.scoring as scoring_module
 from trl_sgcd import CreditReference, SGCDConfig, SGCDGRPOTrainer
 from trl_sgcd.trainer import _active_dropout
 
@@ -500,7 +500,7 @@ def test_fused_student_pass_matches_the_separate_pass(
 ):
     """The student side taken from TRL's loss forward gives the divergence, weights and training of a separate pass."""
     if not dense_head:  # gather the K + 1 head rows per position, as for a large vocabulary
-        monkeypatch.setattr(trainer_module, "_DENSE_HEAD_FACTOR", 0)
+        monkeypatch.setattr(scoring_module, "_DENSE_HEAD_FACTOR", 0)
     runs = {}
     for student_pass in ("separate", "fused"):
         trainer = SGCDGRPOTrainer(

@@ -8,6 +8,9 @@ from .credit.divergence import DIVERGENCES
 from .credit.segmenter import SegmenterConfig
 
 
+_SEGMENTER = SegmenterConfig()  # the one home of the segmenter defaults
+
+
 CREDIT_MODES = ("sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo")
 # Modes whose signal is a per-token weight or advantage: with importance_sampling_level='sequence' they run GSPO-token.
 TOKEN_LEVEL_MODES = ("sgcd", "uniform", "sibling_context", "sdpo")
@@ -167,23 +170,36 @@ class SGCDConfig(GRPOConfig):
         metadata={"help": "Teacher/student divergence on the top-K support.", "choices": list(DIVERGENCES)},
     )
     divergence_top_k: int = field(default=100, metadata={"help": "Teacher top-K tokens in the divergence support."})
-    segment_spike_z: float = field(default=3.0, metadata={"help": "Robust z-score of a divergence spike."})
+    segment_spike_z: float = field(
+        default=_SEGMENTER.spike_z, metadata={"help": "Robust z-score of a divergence spike."}
+    )
     segment_entropy_tolerance: float = field(
-        default=0.5, metadata={"help": "Entropy rise (nats) above the spike's entropy that ends a span."}
+        default=_SEGMENTER.entropy_tolerance,
+        metadata={"help": "Entropy rise (nats) above the spike's entropy that ends a span."},
     )
-    segment_reset_z: float = field(default=0.5, metadata={"help": "Divergence z-score below which a span ends."})
-    segment_max_tokens: int = field(default=64, metadata={"help": "Maximum span length in tokens."})
-    segment_saliency_floor: float = field(default=0.5, metadata={"help": "Minimum saliency inside a span."})
+    segment_reset_z: float = field(
+        default=_SEGMENTER.reset_z, metadata={"help": "Divergence z-score below which a span ends."}
+    )
+    segment_max_tokens: int = field(
+        default=_SEGMENTER.max_span_tokens, metadata={"help": "Maximum span length in tokens."}
+    )
+    segment_saliency_floor: float = field(
+        default=_SEGMENTER.saliency_floor, metadata={"help": "Minimum saliency inside a span."}
+    )
     segment_max_fraction: float = field(
-        default=0.25, metadata={"help": "Maximum fraction of a rollout's assistant tokens covered by spans."}
+        default=_SEGMENTER.max_selected_fraction,
+        metadata={"help": "Maximum fraction of a rollout's assistant tokens covered by spans."},
     )
-    segment_min_divergence: float = field(default=1e-4, metadata={"help": "Minimum divergence (nats) of a spike."})
+    segment_min_divergence: float = field(
+        default=_SEGMENTER.min_spike_divergence, metadata={"help": "Minimum divergence (nats) of a spike."}
+    )
     segment_signed: bool = field(
         default=False,
         metadata={"help": "Keep the divergence only where the teacher's shift on the observed token agrees with A."},
     )
     segment_noise_floor: float = field(
-        default=0.0, metadata={"help": "Divergence (nats) below which a token never earns credit (0: paper's rule)."}
+        default=_SEGMENTER.noise_floor,
+        metadata={"help": "Divergence (nats) below which a token never earns credit (0: paper's rule)."},
     )
     success_threshold: float = field(
         default=1.0, metadata={"help": "A rollout succeeds when its total reward is >= this threshold."}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .siblings import Sibling, SiblingGroup
+from .siblings import Sibling, SiblingGroup, is_mixed
 
 
 @dataclass
@@ -59,9 +59,7 @@ class GlobalRollouts:
         return row // self.num_generations
 
     def is_mixed(self, group: int) -> bool:
-        """Paper Eq. (1): `0 < #successes < n`."""
-        n_success = sum(self.success(r) for r in self.group_rows(group))
-        return 0 < n_success < self.num_generations
+        return is_mixed([self.success(r) for r in self.group_rows(group)])
 
     def mixed_groups(self) -> list[int]:
         return [g for g in range(self.num_groups) if self.is_mixed(g)]

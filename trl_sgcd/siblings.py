@@ -6,11 +6,17 @@ reference for *mixed* groups: at least one success and one failure (paper Eq. 1)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 
 Message = dict[str, Any]
+
+
+def is_mixed(successes: Sequence[bool]) -> bool:
+    """Whether a group of siblings is mixed (paper Eq. 1): `0 < #successes < n`."""
+    return 0 < sum(successes) < len(successes)
 
 
 @dataclass
@@ -54,9 +60,7 @@ class SiblingGroup:
 
     @property
     def is_mixed(self) -> bool:
-        """Paper Eq. (1): `0 < #successes < n`."""
-        n_success = len(self.successes)
-        return 0 < n_success < len(self.siblings)
+        return is_mixed([s.success for s in self.siblings])
 
     @property
     def task_text(self) -> str:

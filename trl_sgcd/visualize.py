@@ -17,60 +17,17 @@ credit references, which are training-only context: keep the rendered pages with
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from .credit_dump import Record, dump_files, load_step
+from .credit_dump import available_steps as available_steps  # re-exported for `trl-sgcd visualize --list`
 
 
-Record = dict[str, Any]
-_DUMP_NAME = re.compile(r"step_(\d+)_rank(\d+)\.jsonl$")
+load_credit_dump = load_step
 _TOOL_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
 _SHADE_RGB = (217, 95, 2)  # dark orange: reads as "more credit" and stays distinct from the grey of masked tokens
-
-
-def _dump_files(path: str | Path) -> dict[int, list[Path]]:
-    path = Path(path)
-    if path.is_file():
-        match = _DUMP_NAME.search(path.name)
-        return {int(match.group(1)) if match else 0: [path]}
-    directory = path / "sgcd_credit" if (path / "sgcd_credit").is_dir() else path
-    steps: dict[int, list[Path]] = {}
-    for file in sorted(directory.glob("step_*_rank*.jsonl")):
-        match = _DUMP_NAME.search(file.name)
-        if match:
-            steps.setdefault(int(match.group(1)), []).append(file)
-    if not steps:
-        raise FileNotFoundError(
-            f"No credit dump under {path}: expected sgcd_credit/step_XXXXXX_rankR.jsonl files "
-            "(train with SGCDConfig(credit_log_steps=N))."
-        )
-    return steps
-
-
-def available_steps(path: str | Path) -> list[int]:
-    """The steps that have a credit dump under `path` (an output directory, its `sgcd_credit/`, or a JSONL file)."""
-    return sorted(_dump_files(path))
-
-
-def load_credit_dump(path: str | Path, step: int | None = None) -> list[Record]:
-    """Reads the credit records of one step, merged over ranks and sorted by global row.
-
-    Args:
-        path: a training `output_dir`, its `sgcd_credit/` folder, or one dump file.
-        step: the step to read; defaults to the latest one available.
-    """
-    steps = _dump_files(path)
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise ValueError(f"No credit dump for step {step} under {path}; available steps: {sorted(steps)}.")
-    records = []
-    for file in steps[step]:
-        with open(file, encoding="utf-8") as handle:
-            records += [json.loads(line) for line in handle if line.strip()]
-    return sorted(records, key=lambda record: record["row"])
 
 
 def _shade(weight: float, cap: float) -> float:
@@ -306,7 +263,7 @@ def visualize(
     Returns:
         `{"html": path, "png": path}`
     """
-    steps = _dump_files(path)
+    steps = dump_files(path)
     step = max(steps) if step is None else step
     records = load_credit_dump(path, step)
     out_dir = Path(out_dir) if out_dir is not None else steps[step][0].parent

@@ -63,10 +63,14 @@ def teacher_support(
     return support_ids, support_keep(support_ids)
 
 
+def with_tail_bucket(p: torch.Tensor) -> torch.Tensor:
+    """Appends the tail bucket to `(N, K + 1)` support probabilities: the remaining mass, at least 0."""
+    return torch.cat([p, (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+
+
 def _on_support(logprobs: torch.Tensor, support_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """`(N, K + 2)` probabilities on the support plus the tail bucket holding the remaining mass."""
-    p = logprobs.gather(-1, support_ids).exp() * keep
-    return torch.cat([p, (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    return with_tail_bucket(logprobs.gather(-1, support_ids).exp() * keep)
 
 
 def _kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -172,7 +176,7 @@ def observed_anchored_divergence(
     z = student_support_logits.float()
     logp = student_observed_logprobs.float().unsqueeze(-1) + (z - z[..., -1:]) / temperature
     p = logp.exp() * support_keep(support_ids)
-    p = torch.cat([p, (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    p = with_tail_bucket(p)
     return support_divergence(p, teacher_q.float(), divergence)
 
 
@@ -211,5 +215,5 @@ def student_support_divergence(
     """
     s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     p = s.gather(-1, support_ids).exp() * keep
-    p = torch.cat([p, (1.0 - p.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    p = with_tail_bucket(p)
     return support_divergence(p, teacher_q.detach(), divergence)

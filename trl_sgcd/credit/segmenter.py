@@ -2,8 +2,8 @@
 
 The paper describes the segmenter qualitatively: "within each rollout we normalize d, mark divergence spikes, and
 extend a high-credit span while the teacher entropy remains stable; entropy rises or a divergence reset terminate the
-span". It gives no thresholds. This module implements the concrete, deterministic rule proposed in the project notes
-(`notes/paper.md` §1.5); every threshold is a field of `SegmenterConfig` and of `SGCDConfig`:
+span". It gives no thresholds. This module implements a concrete, deterministic rule; every threshold is a field of
+`SegmenterConfig` (whose defaults `SGCDConfig` uses) and of `SGCDConfig`:
 
 1. normalise `d` per rollout with a robust z-score `z = (d - median) / (1.4826 · MAD)` over valid tokens (the mean
    absolute deviation replaces the MAD when more than half the tokens share the median), and a magnitude
