@@ -11,10 +11,50 @@ from .credit.segmenter import SegmenterConfig
 _SEGMENTER = SegmenterConfig()  # the one home of the segmenter defaults
 
 
-CREDIT_MODES = ("sgcd", "off", "uniform", "sibling_context", "direct_sd", "sdpo")
-# Modes whose signal is a per-token weight or advantage: with importance_sampling_level='sequence' they run GSPO-token.
-TOKEN_LEVEL_MODES = ("sgcd", "uniform", "sibling_context", "sdpo")
-FUSABLE_MODES = ("sgcd", "uniform", "sibling_context")  # modes whose weights `student_pass="fused"` can form
+@dataclass(frozen=True)
+class CreditModeSpec:
+    """What one `credit_mode` does, declared once; the trainer reads these fields instead of branching on the name.
+
+    Args:
+        scores: runs the credit pipeline (teacher contexts, teacher and student passes); `False` only for `off`.
+        raw_reference: the teacher context is a successful sibling's raw trace, not the credit-reference provider's.
+        weights: how credit weights are formed: `"saliency"` (`clip(1 + γ·s, 1, c)`), `"uniform"` (the saliency
+            weights' extra mass spread evenly over the credit tokens), or `None` (no weights; advantages per `advantages`).
+        advantages: what the token advantages become: `"weighted"` (`A · W`), `"logp_gap"` (the teacher-minus-student
+            log-probability of the observed token, SDPO), or `"sequence"` (TRL's `(B,)` advantages, unchanged).
+        observed_logps: the scoring passes keep both log-probabilities of the observed token.
+        aux_sd_loss: adds the uncapped top-K distillation loss to TRL's loss (`direct_sd_coef`).
+    """
+
+    scores: bool
+    raw_reference: bool = False
+    weights: str | None = "saliency"
+    advantages: str = "weighted"
+    observed_logps: bool = False
+    aux_sd_loss: bool = False
+
+    @property
+    def token_level(self) -> bool:
+        """Per-token advantages: with `importance_sampling_level='sequence'` the mode runs as GSPO-token."""
+        return self.advantages != "sequence"
+
+    @property
+    def fusable(self) -> bool:
+        """`student_pass="fused"` can form the weights inside TRL's loss forward."""
+        return self.weights is not None
+
+
+CREDIT_MODE_SPECS: dict[str, CreditModeSpec] = {
+    "sgcd": CreditModeSpec(scores=True),
+    "off": CreditModeSpec(scores=False, weights=None, advantages="sequence"),
+    "uniform": CreditModeSpec(scores=True, weights="uniform"),
+    "sibling_context": CreditModeSpec(scores=True, raw_reference=True),
+    "direct_sd": CreditModeSpec(scores=True, weights=None, advantages="sequence", aux_sd_loss=True),
+    "sdpo": CreditModeSpec(scores=True, raw_reference=True, weights=None, advantages="logp_gap", observed_logps=True),
+}
+CREDIT_MODES = tuple(CREDIT_MODE_SPECS)
+TOKEN_LEVEL_MODES = tuple(mode for mode, spec in CREDIT_MODE_SPECS.items() if spec.token_level)
+FUSABLE_MODES = tuple(mode for mode, spec in CREDIT_MODE_SPECS.items() if spec.fusable)
 STUDENT_PASSES = ("auto", "fused", "separate")
 REFERENCE_POSITIONS = ("system", "user")
 
@@ -256,7 +296,7 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"reference_position={self.reference_position!r} is not one of {REFERENCE_POSITIONS}.")
         if self.student_pass not in STUDENT_PASSES:
             raise ValueError(f"student_pass={self.student_pass!r} is not one of {STUDENT_PASSES}.")
-        if self.student_pass == "fused" and self.credit_mode not in FUSABLE_MODES:
+        if self.student_pass == "fused" and not self.credit_spec.fusable:
             raise ValueError(
                 f"student_pass='fused' applies to credit_mode in {FUSABLE_MODES}, got credit_mode={self.credit_mode!r}."
             )
@@ -301,6 +341,11 @@ class SGCDConfig(GRPOConfig):
                 f"num_generations={self.num_generations}."
             )
         super().__post_init__()
+
+    @property
+    def credit_spec(self) -> CreditModeSpec:
+        """The behaviour of `credit_mode` (`CREDIT_MODE_SPECS`)."""
+        return CREDIT_MODE_SPECS[self.credit_mode]
 
     @property
     def segmenter(self) -> SegmenterConfig:

@@ -68,7 +68,7 @@ class CreditLogger:
         token_adv = output["advantages"]
         if token_adv.dim() == 1:
             token_adv = token_adv.unsqueeze(1).expand_as(weights)
-        seq_adv = token_adv if self.args.credit_mode == "sdpo" else token_adv / weights
+        seq_adv = token_adv if self.args.credit_spec.weights is None else token_adv / weights
         values = torch.stack([weights, seq_adv, raw, d, h])[:, credit_mask]
         flat = self._gather_values(values)
         stats = credit_statistics(flat[0], flat[1], flat[2], flat[3], flat[4], self.args.credit_cap)
@@ -96,7 +96,7 @@ class CreditLogger:
         guard = self._guard.check(
             has_references=any_reference,
             features_all_zero=features_zero,
-            weights_inert=inert and self.args.credit_mode in ("sgcd", "uniform", "sibling_context"),
+            weights_inert=inert and self.args.credit_spec.weights is not None,
             mask_violation=bool(totals[5] > 0),
             weights_require_grad=weights.requires_grad,
         )

@@ -108,7 +108,7 @@ class MixedGroupSampler:
             with self._timed("generation"):
                 output = super()._generate_and_score_completions(batch)
             rollouts = self._gather_rollouts()
-            if self.args.prefetch_references and self.args.credit_mode != "off" and self.accelerator.is_main_process:
+            if self.args.prefetch_references and self.args.credit_spec.scores and self.accelerator.is_main_process:
                 # Start this round's provider calls now: they overlap with the next rounds' generation.
                 mixed = rollouts.mixed_groups()
                 if mixed:

@@ -198,7 +198,7 @@ class CreditScorer:
         matched collectives. With `fused` (and a streamable LM head) only the teacher pass runs, and the result holds
         the teacher's top-K support for `_fused_credit` instead of the divergence.
         """
-        mode = self.args.credit_mode
+        spec = self.args.credit_spec
         device = self.accelerator.device
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
@@ -237,10 +237,10 @@ class CreditScorer:
         d = torch.zeros(batch, width, device=device)
         h = torch.zeros(batch, width, device=device)
         result: dict[str, torch.Tensor] = {"divergence": d, "entropy": h}
-        if mode == "sdpo" or self.args.segment_signed:
+        if spec.observed_logps or self.args.segment_signed:
             result["teacher_logps"] = torch.zeros(batch, width, device=device)
             result["student_logps"] = torch.zeros(batch, width, device=device)
-        if mode == "direct_sd":
+        if spec.aux_sd_loss:
             k = min(self.args.divergence_top_k, self.model.config.get_text_config().vocab_size)
             result["sd_ids"] = torch.zeros(batch, width, k + 1, dtype=torch.long, device=device)
             result["sd_q"] = torch.zeros(batch, width, k + 2, device=device)
@@ -295,7 +295,7 @@ class CreditScorer:
         held in full (float32 or otherwise) when the LM head is streamed. Without `student_features` (fused student
         pass) only the teacher's entropy and top-K support are kept.
         """
-        mode = self.args.credit_mode
+        spec = self.args.credit_spec
         rows = torch.tensor(idx, device=completion_ids.device)
         sel = loss_mask[rows]
         observed = completion_ids[rows][sel]
@@ -324,11 +324,11 @@ class CreditScorer:
             )
             parts["divergence"].append(dd)
             parts["entropy"].append(hh)
-            if mode == "sdpo" or self.args.segment_signed:
+            if spec.observed_logps or self.args.segment_signed:
                 for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
                     logps = torch.log_softmax(logits.float() / self.temperature, dim=-1)
                     parts[name].append(logps.gather(-1, obs.unsqueeze(-1)).squeeze(-1))
-            if mode == "direct_sd":
+            if spec.aux_sd_loss:
                 ids_k, q_k, keep_k = teacher_topk(teacher_logits, obs, self.args.divergence_top_k, self.temperature)
                 parts["sd_ids"].append(ids_k)
                 parts["sd_q"].append(q_k)

@@ -25,7 +25,7 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from trl import GRPOTrainer
 
-from .config import FUSABLE_MODES, TOKEN_LEVEL_MODES, SGCDConfig
+from .config import SGCDConfig
 from .credit import (
     credit_advantages,
     credit_weights,
@@ -151,14 +151,14 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         self._pending_credit: dict[str, Any] | None = None  # the micro-batch whose weights the loss forward forms
         self._fuse_student = self._resolve_student_pass()
         # Sequence-level importance sampling in a per-token credit mode runs as GSPO-token on TRL's token path.
-        self._gspo_token = config.importance_sampling_level == "sequence" and config.credit_mode in TOKEN_LEVEL_MODES
+        self._gspo_token = config.importance_sampling_level == "sequence" and config.credit_spec.token_level
         if self._gspo_token:
             self.importance_sampling_level = "token"
 
     def _resolve_student_pass(self) -> bool:
         """Whether the student distribution comes from TRL's loss forward (`SGCDConfig.student_pass`)."""
         args = self.args
-        if args.student_pass == "separate" or args.credit_mode not in FUSABLE_MODES:
+        if args.student_pass == "separate" or not args.credit_spec.fusable:
             return False
         blockers = []
         if args.num_iterations > 1:
@@ -212,7 +212,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         for name, value in tool_audit(rollouts.completions, successes, talk).items():
             self._log(f"tools/{name}", value)
         self._log("groups/mixed_frac", len(rollouts.mixed_groups()) / max(1, rollouts.num_groups))
-        if self.args.credit_mode != "off":
+        if self.args.credit_spec.scores:
             output = self._apply_credit(output, rollouts)
         self._flush_timings()
         return output
@@ -231,7 +231,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
             )
         finally:
             self._pending_credit = None
-        if self.args.credit_mode == "direct_sd" and "sgcd_sd_ids" in inputs:
+        if self.args.credit_spec.aux_sd_loss and "sgcd_sd_ids" in inputs:
             sd_loss = self._direct_sd_loss(model, inputs)
             normalizer = self.current_gradient_accumulation_steps if self.model.training else 1.0
             loss = loss + self.args.direct_sd_coef * sd_loss / normalizer
@@ -345,7 +345,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
 
     def _context_provider(self):
         """The credit-reference provider, or for `sibling_context`/`sdpo` the raw successful trace (no summariser)."""
-        if self.args.credit_mode in ("sibling_context", "sdpo"):
+        if self.args.credit_spec.raw_reference:
             return self._sibling_context
         return self.credit_reference
 
@@ -364,7 +364,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         return self._executor
 
     def _apply_credit(self, output: dict[str, Any], rollouts: GlobalRollouts) -> dict[str, Any]:
-        mode = self.args.credit_mode
+        spec = self.args.credit_spec
         device = self.accelerator.device
         with self._timed("provider"):
             contexts = self._teacher_contexts(rollouts)
@@ -387,8 +387,8 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         any_reference = any(c is not None for c in contexts)
         advantages = output["advantages"]
         if not any_reference:
-            if mode == "sdpo":
-                output["advantages"] = torch.zeros_like(completion_ids, dtype=advantages.dtype)
+            if spec.advantages == "logp_gap":
+                self._write_advantages(output, torch.zeros_like(completion_ids, dtype=advantages.dtype))
             self._log_credit_skipped()
             return output
 
@@ -407,13 +407,13 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
             )
             return output
         d, h = scores["divergence"] * credit_mask, scores["entropy"]
-        if self.args.segment_signed and mode not in ("sdpo", "direct_sd"):
+        if self.args.segment_signed and spec.weights is not None:
             d = d * signed_agreement(scores["teacher_logps"] - scores["student_logps"], advantages)
-        if mode in ("sdpo", "direct_sd"):
+        if spec.weights is None:
             weights = torch.ones_like(d)
-            if mode == "sdpo":
-                output["advantages"] = (scores["teacher_logps"] - scores["student_logps"]) * credit_mask
-            else:
+            if spec.advantages == "logp_gap":
+                self._write_advantages(output, (scores["teacher_logps"] - scores["student_logps"]) * credit_mask)
+            if spec.aux_sd_loss:
                 output.update(
                     sgcd_sd_ids=scores["sd_ids"],
                     sgcd_sd_q=scores["sd_q"],
@@ -434,9 +434,13 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
             weights = self._weigh(output, d, h, credit_mask, any_reference)
         if dump:
             self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask, advantages)
-        if expert and mode not in ("sdpo", "direct_sd"):
+        if expert and spec.weights is not None:
             self._log_precision(output, rollouts, weights, credit_mask)
         return output
+
+    def _write_advantages(self, batch: dict[str, Any], advantages: torch.Tensor) -> None:
+        """The one place the credit pipeline replaces TRL's advantages: `(B,)` becomes `(B, T)` (or stays `(B,)`)."""
+        batch["advantages"] = advantages
 
     def _weigh(self, batch, d, h, credit_mask, any_reference: bool) -> torch.Tensor:
         """Saliency → bounded weights → `batch["advantages"] = A · W` (paper Eq. 3-4); returns `W`."""
@@ -444,9 +448,9 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
             saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
             raw = 1.0 + self.args.credit_gamma * saliency
             weights = credit_weights(saliency, self.args.credit_gamma, self.args.credit_cap)
-            if self.args.credit_mode == "uniform":
+            if self.args.credit_spec.weights == "uniform":
                 weights = uniform_weights(weights, credit_mask)
-            batch["advantages"] = credit_advantages(batch["advantages"], weights)
+            self._write_advantages(batch, credit_advantages(batch["advantages"], weights))
         self._log_credit(
             batch,
             weights=weights,
