@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers.cache_utils import BaseQuantizedLayer, DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin
+from transformers import cache_utils
+
+
+class _Absent:
+    """Stands in for a cache layer class this transformers version does not define (nothing is an instance)."""
+
+
+DynamicLayer = getattr(cache_utils, "DynamicLayer", _Absent)
+DummyLayer = getattr(cache_utils, "DummyLayer", _Absent)
+BaseQuantizedLayer = getattr(cache_utils, "BaseQuantizedLayer", _Absent)
+LinearAttentionCacheLayerMixin = getattr(cache_utils, "LinearAttentionCacheLayerMixin", _Absent)
 
 
 class UnsupportedCacheError(TypeError):
