@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -192,6 +193,7 @@ def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[
     from trl_sgcd.references import OracleCreditReference
     from trl_sgcd.warm_start import offline_airline_rl_config
 
+    shutil.rmtree(run_dir / "sgcd_credit", ignore_errors=True)  # only this run's dumps are measured
     dataset = make_dataset("train", n=256, seed=seed)
     dataset = dataset.add_column("expert_action", [json.dumps(json.loads(t)["actions"]) for t in dataset["task"]])
     mode = {"sibling_context": "sibling_context", "uniform": "uniform"}.get(reference, "sgcd")
