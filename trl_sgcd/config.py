@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
@@ -288,6 +289,7 @@ class SGCDConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        self._check_numbers()
         if self.credit_mode not in CREDIT_MODES:
             raise ValueError(f"credit_mode={self.credit_mode!r} is not one of {CREDIT_MODES}.")
         if self.divergence not in DIVERGENCES:
@@ -316,6 +318,13 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"provider_timeout must be > 0, got {self.provider_timeout}.")
         if "{reference}" not in self.reference_template:
             raise ValueError(f"reference_template must contain '{{reference}}', got {self.reference_template!r}.")
+        try:
+            self.reference_template.format(reference="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"reference_template must be a format string whose only field is {{reference}} (double other "
+                f"braces: '{{{{' and '}}}}'), got {self.reference_template!r}: {exc!r}."
+            ) from None
         if self.max_reference_tokens < 1:
             raise ValueError(f"max_reference_tokens must be >= 1, got {self.max_reference_tokens}.")
         if self.direct_sd_coef < 0:
@@ -341,6 +350,24 @@ class SGCDConfig(GRPOConfig):
                 f"num_generations={self.num_generations}."
             )
         super().__post_init__()
+
+    def _check_numbers(self) -> None:
+        """Every numeric SGCD field has its declared type (no bools, no strings) and a finite value."""
+        grpo_fields = {f.name for f in fields(GRPOConfig)}
+        for f in fields(self):
+            if f.name in grpo_fields or not isinstance(f.type, str):
+                continue
+            kinds = f.type.replace(" ", "").split("|")
+            if "float" not in kinds and "int" not in kinds:
+                continue
+            value = getattr(self, f.name)
+            if value is None and "None" in kinds:
+                continue
+            allowed = (int, float) if "float" in kinds else (int,)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise TypeError(f"{f.name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__}).")
+            if not math.isfinite(value):
+                raise ValueError(f"{f.name} must be finite, got {value!r}.")
 
     @property
     def credit_spec(self) -> CreditModeSpec:
