@@ -196,6 +196,9 @@ class SGCDConfig(GRPOConfig):
         credit_log_steps (`int`, *optional*, defaults to `0`):
             Every this many steps, write the batch's tokens, credit weights, rewards and references as JSON lines under
             `output_dir/sgcd_credit/` (for `trl-sgcd visualize`). `0` disables it. The files contain the references.
+        credit_dump_raw (`bool`, *optional*, defaults to `False`):
+            Credit dumps are masked by the sanitizer (messages, metadata, reference, tokens). `True` writes them
+            unmasked; only for traces that hold no secrets.
         inert_warning_steps (`int`, *optional*, defaults to `20`):
             Validity guard: warn when references exist but the weights stayed `≡ 1` for this many consecutive steps.
     """
@@ -284,6 +287,9 @@ class SGCDConfig(GRPOConfig):
         },
     )
     credit_log_steps: int = field(default=0, metadata={"help": "Dump the credit of a batch every N steps (0: off)."})
+    credit_dump_raw: bool = field(
+        default=False, metadata={"help": "Write credit dumps unmasked (secrets and evaluator data included)."}
+    )
     inert_warning_steps: int = field(
         default=20, metadata={"help": "Warn after this many consecutive steps with inert weights."}
     )

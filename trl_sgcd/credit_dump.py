@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .references.sanitizer import Sanitizer, mask_credit_record
 from .sampling import GlobalRollouts
 from .siblings import CreditReference
 
@@ -43,12 +44,15 @@ def write_batch(
     credit_mask: torch.Tensor,
     sequence_advantages: torch.Tensor,
     decode: Any,
+    raw: bool = False,
 ) -> None:
     """Writes the credit of this process's rows of a batch to `path` (one JSON line per rollout).
 
     `decode` turns one token id list into text (the tokenizer's `decode`); `output` is TRL's batch dict, whose
-    `advantages` are the credit-weighted ones.
+    `advantages` are the credit-weighted ones. Records are masked by the sanitizer (`mask_credit_record`: messages,
+    metadata, reference and tokens) unless `raw` (`SGCDConfig.credit_dump_raw`).
     """
+    sanitizer = None if raw else Sanitizer()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     advantages = output["advantages"]
     with open(path, "w") as f:
@@ -78,6 +82,8 @@ def write_batch(
                 "credit_mask": credit_mask[i][:length].int().tolist(),
                 "reference": local_refs[i].text if local_refs[i] is not None else None,
             }
+            if sanitizer is not None:
+                record = mask_credit_record(record, sanitizer)
             f.write(json.dumps(record, default=str) + "\n")
 
 

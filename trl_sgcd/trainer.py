@@ -478,6 +478,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
             credit_mask=credit_mask,
             sequence_advantages=sequence_advantages,
             decode=self._tokenizer.decode,
+            raw=self.args.credit_dump_raw,
         )
 
 

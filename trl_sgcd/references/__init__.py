@@ -45,6 +45,8 @@ from .sanitizer import (
     SanitizingProvider,
     ensure_sanitized,
     finalize_reference,
+    mask_credit_record,
+    mask_tokens,
 )
 
 
@@ -76,6 +78,8 @@ __all__ = [
     "cache_key",
     "compose_credit_prompt",
     "ensure_sanitized",
+    "mask_credit_record",
+    "mask_tokens",
     "finalize_reference",
     "format_credit_reference",
     "parse_credit_reference",

@@ -22,6 +22,7 @@ literals that receive no credit; they stay in memory and must never be logged or
 
 from .config import SanitizedGroup, SanitizerConfig
 from .core import Sanitizer
+from .dumps import mask_credit_record, mask_tokens
 from .providers import SanitizingProvider, ensure_sanitized, finalize_reference
 from .rules import CATEGORIES, PLACEHOLDER_RE, iban_valid, luhn_valid
 
@@ -37,4 +38,6 @@ __all__ = [
     "finalize_reference",
     "iban_valid",
     "luhn_valid",
+    "mask_credit_record",
+    "mask_tokens",
 ]
