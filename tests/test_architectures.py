@@ -101,11 +101,11 @@ def _check(trainer, score, scored, weighed, loss_advantages, arch):
     # Shared-prefix scoring (kept on every family but Jamba) gives the unshared teacher features.
     assert trainer._share_prefix is (arch not in UNSHAREABLE)
     shared, full = scored[-1]
-    for key, value in shared.items():
-        if key not in ("time_s", "teacher_tokens", "student_tokens"):
-            torch.testing.assert_close(value, full[key], rtol=1e-5, atol=1e-5, msg=f"{arch}: {key}")
+    assert shared.tensors().keys() == full.tensors().keys()
+    for key, value in shared.tensors().items():
+        torch.testing.assert_close(value, full.tensors()[key], rtol=1e-5, atol=1e-5, msg=f"{arch}: {key}")
     if trainer._share_prefix:
-        assert shared["teacher_tokens"] < full["teacher_tokens"]
+        assert shared.teacher_tokens < full.teacher_tokens
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -150,7 +150,7 @@ def test_an_unknown_cache_falls_back_to_unshared_scoring_with_one_warning(model_
         )
     assert len(scored) == 3  # three scoring passes, one warning
     assert sum("Shared-prefix scoring is off" in r.message for r in caplog.records) == 1
-    assert trainer._share_prefix is False and all(s["teacher_tokens"] == f["teacher_tokens"] for s, f in scored)
+    assert trainer._share_prefix is False and all(s.teacher_tokens == f.teacher_tokens for s, f in scored)
 
 
 def tiny_config_of(path):

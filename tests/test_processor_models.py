@@ -118,7 +118,7 @@ def test_text_prompts_train_with_a_processor(processor_model, tmp_path):
     assert logs and all(h["sgcd/sampling/rounds"] >= 1 for h in logs)
     assert any(h["sgcd/weights/max"] > 1 for h in logs)
     # The teacher pass ran on the processor's text: every teacher prompt carries the reference block.
-    assert scored and all(s["teacher_tokens"] > 0 for s in scored)
+    assert scored and all(s.teacher_tokens > 0 for s in scored)
     assert trainer._share_prefix is True
 
 

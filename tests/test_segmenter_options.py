@@ -102,8 +102,8 @@ def test_signed_segmenter_in_training_zeroes_disagreeing_divergence(tiny_model_p
     trainer.train()
     assert scores and seen
     (adv, d, mask), result = seen[0], scores[0]
-    log_ratio = result["teacher_logps"] - result["student_logps"]
+    log_ratio = result.teacher_logps - result.student_logps
     agree = (log_ratio * adv.unsqueeze(1)) > 0
-    expected = result["divergence"] * mask * agree
+    expected = result.divergence * mask * agree
     assert torch.equal(d, expected)
-    assert (d[mask & agree] > 0).any() and (result["divergence"][mask & ~agree] > 0).any()
+    assert (d[mask & agree] > 0).any() and (result.divergence[mask & ~agree] > 0).any()

@@ -425,17 +425,17 @@ def test_shared_prefix_scoring_matches_full_scoring(tiny_model_path, tmp_path):
     args, shared = captured[-1]
     trainer.args.credit_shared_prefix = False
     full = original(*args)
-    torch.testing.assert_close(shared["divergence"], full["divergence"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(shared["entropy"], full["entropy"], rtol=1e-4, atol=1e-6)
-    assert shared["divergence"].abs().sum() > 0
+    torch.testing.assert_close(shared.divergence, full.divergence, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(shared.entropy, full.entropy, rtol=1e-4, atol=1e-6)
+    assert shared.divergence.abs().sum() > 0
     # The shared path processes each prefix once per unit instead of once per row.
-    assert shared["teacher_tokens"] < full["teacher_tokens"]
+    assert shared.teacher_tokens < full.teacher_tokens
     # The LM head is applied in position chunks from the final hidden states; the model's own logits agree.
     assert trainer._stream_head is True
     trainer._stream_head = False
     unstreamed = original(*args)
-    torch.testing.assert_close(unstreamed["divergence"], full["divergence"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(unstreamed["entropy"], full["entropy"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(unstreamed.divergence, full.divergence, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(unstreamed.entropy, full.entropy, rtol=1e-4, atol=1e-6)
 
 
 def test_prefetched_references_overlap_generation_and_map_to_their_groups(tiny_model_path, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from .credit.precision import precision_from_sums, precision_sums
 from .diagnostics import credit_statistics
 from .sampling import GlobalRollouts
-from .scoring import _loss_mask
+from .scoring import CreditFeatures, _loss_mask
 
 
 class CreditLogger:
@@ -53,9 +53,10 @@ class CreditLogger:
         self._log("advantage_inflation", 1.0)
         self._log("segments/count", 0)
 
-    def _log_scoring(self, scores: dict[str, torch.Tensor]) -> None:
-        device = self.accelerator.device
-        values = torch.stack([scores[k].to(device).float() for k in ("time_s", "teacher_tokens", "student_tokens")])
+    def _log_scoring(self, scores: CreditFeatures) -> None:
+        values = torch.tensor(
+            [scores.time_s, scores.teacher_tokens, scores.student_tokens], device=self.accelerator.device
+        )
         totals = self.accelerator.gather(values.unsqueeze(0)).sum(0)
         self._log("scoring/time_s", totals[0].item() / self.accelerator.num_processes)
         self._log("scoring/teacher_tokens", totals[1].item())

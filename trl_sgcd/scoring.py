@@ -4,6 +4,7 @@
 teacher prompt (reference inserted) and once with the student prompt, sharing the prefix's cache across the unit's rows
 (`prefix_cache.repeat_prefix_cache`), streams the LM head over `credit_token_chunk` positions at a time, and, with the
 student pass fused into TRL's loss forward, forms the student side from the captured hidden states (`_fused_credit`).
+`_score` returns the batch's features as one typed `CreditFeatures`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -33,6 +35,79 @@ from .teacher_context import insert_reference
 
 
 _DENSE_HEAD_FACTOR = 64  # fused student side: project the full head when V <= this x (K + 1), else gather rows
+
+
+@dataclass
+class CreditFeatures:
+    """The credit features of a batch's local rows, as returned by `CreditScorer._score`.
+
+    Every tensor is `(B, T, ...)` over the batch's completion positions and holds values only at the assistant tokens
+    (`completion_mask * tool_mask`) of rows whose group has a teacher context; it is zero elsewhere. Which optional
+    fields are set depends on the pass and the mode (`CreditModeSpec`), and is decided in `CreditFeatures.empty`:
+
+    Args:
+        entropy: teacher entropy on the support `top-K ∪ observed ∪ tail`, `(B, T)`; always set.
+        divergence: `KL(p_student ‖ sg[q_teacher])` on the support, `(B, T)`; `None` when the student side is fused
+            into TRL's loss forward (it is formed there from `support_ids`, `teacher_q`).
+        teacher_logps, student_logps: log-probabilities of the observed token under each pass, `(B, T)`; set with
+            `observed_logps` (`sdpo`) or `segment_signed`.
+        support_ids, teacher_q: fused student side only: the teacher's support ids `(B, T, K + 1)` and its probabilities
+            on them plus the tail bucket `(B, T, K + 2)`.
+        sd_ids, sd_q, sd_keep: `aux_sd_loss` (`direct_sd`) only: the teacher's support ids `(B, T, K + 1)`, probabilities
+            `(B, T, K + 2)` and which support entries are kept `(B, T, K + 1)`, for the auxiliary distillation loss.
+        time_s: wall time of the scoring passes on this rank.
+        teacher_tokens, student_tokens: tokens each pass processed on this rank (`student_tokens` is 0 when fused).
+    """
+
+    entropy: torch.Tensor
+    divergence: torch.Tensor | None = None
+    teacher_logps: torch.Tensor | None = None
+    student_logps: torch.Tensor | None = None
+    support_ids: torch.Tensor | None = None
+    teacher_q: torch.Tensor | None = None
+    sd_ids: torch.Tensor | None = None
+    sd_q: torch.Tensor | None = None
+    sd_keep: torch.Tensor | None = None
+    time_s: float = 0.0
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+
+    @classmethod
+    def empty(
+        cls, batch: int, width: int, top_k: int, device, *, fused: bool, observed_logps: bool, sd_support: bool
+    ) -> CreditFeatures:
+        """Zero features for `batch` rows of `width` positions: the one place that decides which fields are set."""
+
+        def zeros(*shape, dtype=torch.float32):
+            return torch.zeros(batch, width, *shape, dtype=dtype, device=device)
+
+        features = cls(entropy=zeros())
+        if fused:
+            features.support_ids, features.teacher_q = zeros(top_k + 1, dtype=torch.long), zeros(top_k + 2)
+            return features
+        features.divergence = zeros()
+        if observed_logps:
+            features.teacher_logps, features.student_logps = zeros(), zeros()
+        if sd_support:
+            features.sd_ids, features.sd_q = zeros(top_k + 1, dtype=torch.long), zeros(top_k + 2)
+            features.sd_keep = zeros(top_k + 1, dtype=torch.bool)
+        return features
+
+    @property
+    def fused(self) -> bool:
+        """Only the teacher side was scored; the student side comes with TRL's loss forward (`_fused_credit`)."""
+        return self.support_ids is not None
+
+    @property
+    def log_ratio(self) -> torch.Tensor:
+        """`log π_teacher(y_t) − log π_student(y_t)` of the observed token (needs `observed_logps`)."""
+        if self.teacher_logps is None or self.student_logps is None:
+            raise ValueError("these features hold no observed-token log-probabilities")
+        return self.teacher_logps - self.student_logps
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-token fields that are set, by name."""
+        return {f.name: value for f in fields(self) if isinstance(value := getattr(self, f.name), torch.Tensor)}
 
 
 class CreditScorer:
@@ -190,13 +265,13 @@ class CreditScorer:
         features = torch.cat([cache[1].expand(len(rows), 1, -1), features[:, :-1, :]], dim=1)
         return features, tokens, cache
 
-    def _score(self, output, rollouts, local_refs, contexts, fused: bool = False) -> dict[str, torch.Tensor]:
+    def _score(self, output, rollouts, local_refs, contexts, fused: bool = False) -> CreditFeatures:
         """Teacher and student scoring passes over the local rows that have a teacher context.
 
         Rows are scored per unit of siblings sharing a prompt (see `_scoring_units`). Every rank runs the same number
         of forwards, padding with one-token forwards when it has less to score, so sharded models (ZeRO-3, FSDP) see
-        matched collectives. With `fused` (and a streamable LM head) only the teacher pass runs, and the result holds
-        the teacher's top-K support for `_fused_credit` instead of the divergence.
+        matched collectives. With `fused` (and a streamable LM head) only the teacher pass runs, and the features hold
+        the teacher's top-K support for `_fused_credit` instead of the divergence (`CreditFeatures.fused`).
         """
         spec = self.args.credit_spec
         device = self.accelerator.device
@@ -234,28 +309,23 @@ class CreditScorer:
                 if rollouts.environments is not None:
                     self._batch_environments = saved_envs
 
-        d = torch.zeros(batch, width, device=device)
-        h = torch.zeros(batch, width, device=device)
-        result: dict[str, torch.Tensor] = {"divergence": d, "entropy": h}
-        if spec.observed_logps or self.args.segment_signed:
-            result["teacher_logps"] = torch.zeros(batch, width, device=device)
-            result["student_logps"] = torch.zeros(batch, width, device=device)
-        if spec.aux_sd_loss:
-            k = min(self.args.divergence_top_k, self.model.config.get_text_config().vocab_size)
-            result["sd_ids"] = torch.zeros(batch, width, k + 1, dtype=torch.long, device=device)
-            result["sd_q"] = torch.zeros(batch, width, k + 2, device=device)
-            result["sd_keep"] = torch.zeros(batch, width, k + 1, dtype=torch.bool, device=device)
-
         t0 = time.perf_counter()
         teacher_tokens = student_tokens = forwards = 0
         with self._scoring_mode():
             if self._stream_head is None:
                 self._check_stream_head()
-            if fused and self._stream_head:
-                k = min(self.args.divergence_top_k, self._lm_head.weight.size(0))
-                result["support_ids"] = torch.zeros(batch, width, k + 1, dtype=torch.long, device=device)
-                result["teacher_q"] = torch.zeros(batch, width, k + 2, device=device)
-            passes = 1 if "support_ids" in result else 2
+            fused = fused and self._stream_head
+            vocab = self._lm_head.weight.size(0) if fused else self.model.config.get_text_config().vocab_size
+            result = CreditFeatures.empty(
+                batch,
+                width,
+                min(self.args.divergence_top_k, vocab),
+                device,
+                fused=fused,
+                observed_logps=spec.observed_logps or self.args.segment_signed,
+                sd_support=spec.aux_sd_loss,
+            )
+            passes = 1 if result.fused else 2
             for unit, t_ids in zip(local_units, teacher_ids, strict=True):
                 student_prefix = prompt_ids[unit[0]][prompt_mask[unit[0]].bool()]
                 teacher_prefix = torch.as_tensor(t_ids, dtype=torch.long)
@@ -283,19 +353,19 @@ class CreditScorer:
             for _ in range(target - forwards):  # keep collectives matched across ranks
                 for _pass in range(passes):
                     self._forward(input_ids=pad, use_cache=False)
-        result["time_s"] = torch.tensor(time.perf_counter() - t0)
-        result["teacher_tokens"] = torch.tensor(teacher_tokens)
-        result["student_tokens"] = torch.tensor(student_tokens)
+        result.time_s = time.perf_counter() - t0
+        result.teacher_tokens, result.student_tokens = teacher_tokens, student_tokens
         return result
 
-    def _accumulate_features(self, result, idx, teacher_features, student_features, completion_ids, loss_mask):
+    def _accumulate_features(
+        self, result: CreditFeatures, idx, teacher_features, student_features, completion_ids, loss_mask
+    ) -> None:
         """Writes the credit features of rows `idx` into `result` (only at their assistant tokens).
 
         Logits are formed `credit_token_chunk` positions at a time, so neither pass's `(B, T, V)` distribution is ever
         held in full (float32 or otherwise) when the LM head is streamed. Without `student_features` (fused student
         pass) only the teacher's entropy and top-K support are kept.
         """
-        spec = self.args.credit_spec
         rows = torch.tensor(idx, device=completion_ids.device)
         sel = loss_mask[rows]
         observed = completion_ids[rows][sel]
@@ -324,19 +394,20 @@ class CreditScorer:
             )
             parts["divergence"].append(dd)
             parts["entropy"].append(hh)
-            if spec.observed_logps or self.args.segment_signed:
+            if result.teacher_logps is not None:
                 for name, logits in (("teacher_logps", teacher_logits), ("student_logps", student_logits)):
                     logps = torch.log_softmax(logits.float() / self.temperature, dim=-1)
                     parts[name].append(logps.gather(-1, obs.unsqueeze(-1)).squeeze(-1))
-            if spec.aux_sd_loss:
+            if result.sd_ids is not None:
                 ids_k, q_k, keep_k = teacher_topk(teacher_logits, obs, self.args.divergence_top_k, self.temperature)
                 parts["sd_ids"].append(ids_k)
                 parts["sd_q"].append(q_k)
                 parts["sd_keep"].append(keep_k)
         for name, values in parts.items():
-            block = result[name][rows]
+            tensor = getattr(result, name)
+            block = tensor[rows]
             block[sel] = torch.cat(values).to(block.dtype)
-            result[name][rows] = block
+            tensor[rows] = block
 
     def _direct_sd_loss(self, model, inputs) -> torch.Tensor:
         """Uncapped top-K `KL(student || teacher)` on credit tokens, with a gradient through the student."""

@@ -398,26 +398,26 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         fused = self._fuse_student and not dump and not expert and not self.args.segment_signed
         scores = self._score(output, rollouts, local_refs, contexts, fused=fused)
         self._log_scoring(scores)
-        if "support_ids" in scores:  # fused: the student side and the weights come with TRL's loss forward
+        if scores.fused:  # the student side and the weights come with TRL's loss forward
             output.update(
-                sgcd_support_ids=scores["support_ids"],
-                sgcd_teacher_q=scores["teacher_q"],
-                sgcd_entropy=scores["entropy"],
+                sgcd_support_ids=scores.support_ids,
+                sgcd_teacher_q=scores.teacher_q,
+                sgcd_entropy=scores.entropy,
                 sgcd_credit_mask=credit_mask,
             )
             return output
-        d, h = scores["divergence"] * credit_mask, scores["entropy"]
+        d, h = scores.divergence * credit_mask, scores.entropy
         if self.args.segment_signed and spec.weights is not None:
-            d = d * signed_agreement(scores["teacher_logps"] - scores["student_logps"], advantages)
+            d = d * signed_agreement(scores.log_ratio, advantages)
         if spec.weights is None:
             weights = torch.ones_like(d)
             if spec.advantages == "logp_gap":
-                self._write_advantages(output, (scores["teacher_logps"] - scores["student_logps"]) * credit_mask)
+                self._write_advantages(output, scores.log_ratio * credit_mask)
             if spec.aux_sd_loss:
                 output.update(
-                    sgcd_sd_ids=scores["sd_ids"],
-                    sgcd_sd_q=scores["sd_q"],
-                    sgcd_sd_keep=scores["sd_keep"],
+                    sgcd_sd_ids=scores.sd_ids,
+                    sgcd_sd_q=scores.sd_q,
+                    sgcd_sd_keep=scores.sd_keep,
                     sgcd_sd_mask=credit_mask,
                 )
             self._log_credit(
