@@ -178,3 +178,15 @@ def test_cli_visualize(credit_run, tmp_path, capsys):
         env=env,
     )
     assert listed.returncode == 0 and listed.stdout.split() == ["0", "1"]
+
+
+def test_html_escapes_row_and_group_of_a_crafted_dump():
+    payload = '"><script>document.title="pwned"</script>'
+    records = [_record(0, 0, ["a"], [1.5], [1]), _record(1, 1, ["b"], [1.0], [1], success=False)]
+    records[0]["row"] = payload
+    page = render_html(records, cap=2.0)
+    assert "<script>" not in page
+    assert page.count("&lt;script&gt;") == 2  # the row in the element id and in the meta line
+    records[0]["row"], records[1]["group"] = 0, payload
+    with pytest.raises(ValueError):  # group ids are read as integers, so markup never reaches the page
+        render_html(records, cap=2.0)

@@ -143,8 +143,9 @@ def render_html(records: Sequence[Record], cap: float | None = None, title: str 
     for group, members in sorted(groups.items()):
         successes = sum(bool(m["success"]) for m in members)
         reference = next((m["reference"] for m in members if m.get("reference")), None)
-        out.append(f'<section class="group" id="group-{group}">')
-        out.append(f"<h2>Group {group}: {successes}/{len(members)} successes</h2>")
+        group_label = html.escape(str(group))
+        out.append(f'<section class="group" id="group-{group_label}">')
+        out.append(f"<h2>Group {group_label}: {successes}/{len(members)} successes</h2>")
         if reference:
             out.append(f'<div class="reference">{html.escape(reference)}</div>')
         else:
@@ -152,9 +153,10 @@ def render_html(records: Sequence[Record], cap: float | None = None, title: str 
         for record in sorted(members, key=lambda m: m["row"]):
             stats = _summary(record)
             verdict = '<span class="ok">success</span>' if record["success"] else '<span class="fail">failure</span>'
-            out.append(f'<div class="rollout" id="row-{record["row"]}">')
+            row = html.escape(str(record["row"]))
+            out.append(f'<div class="rollout" id="row-{row}">')
             out.append(
-                f'<div class="meta">row {record["row"]} &middot; reward {float(record["reward"]):.3f} &middot; '
+                f'<div class="meta">row {row} &middot; reward {float(record["reward"]):.3f} &middot; '
                 f"{verdict} &middot; advantage {float(record['advantage']):+.3f} &middot; "
                 f"mean W {stats['mean_w']:.3f}, max W {stats['max_w']:.3f}, "
                 f"{stats['boosted']}/{stats['loss_tokens']} loss tokens boosted</div>"
