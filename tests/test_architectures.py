@@ -13,6 +13,28 @@ FAMILIES = list(TINY_ARCHS)
 UNSHAREABLE = {"jamba"}  # its Mamba-1 multi-token forward ignores a cached state: scored unshared, with a warning
 
 
+def tiny_args(tmp_path, **overrides) -> SGCDConfig:
+    """The default SGCD config at a one-step tiny scale (also used by `test_processor_models.py`)."""
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=3,
+        divergence_top_k=16,
+        segment_spike_z=1.0,
+        segment_min_divergence=1e-7,  # random tiny models: teacher and student differ little
+    )
+    return SGCDConfig(**(values | overrides))
+
+
 def parity_reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
 
@@ -35,24 +57,7 @@ def model_paths(tokenizer, tmp_path_factory):
 def _train(path, tmp_path, **overrides):
     """One default-config step; returns the trainer, the `_score` calls, `(A, W)` per weighing and the loss's
     advantages."""
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=3,
-        divergence_top_k=16,
-        segment_spike_z=1.0,
-        segment_min_divergence=1e-7,  # random tiny models: teacher and student differ little
-    )
-    args = SGCDConfig(**(values | overrides.pop("args", {})))
+    args = tiny_args(tmp_path, **overrides.pop("args", {}))
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"book flight F{i}"}]} for i in range(16)])
     trainer = SGCDGRPOTrainer(
         model=path,

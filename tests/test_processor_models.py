@@ -7,6 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
+from test_architectures import tiny_args
 from transformers import (
     AutoProcessor,
     GenerationConfig,
@@ -16,7 +17,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from trl_sgcd import SGCDConfig, SGCDGRPOTrainer
+from trl_sgcd import SGCDGRPOTrainer
 from trl_sgcd.tiny_model import build_tokenizer, tiny_config
 
 
@@ -68,26 +69,7 @@ def processor_model(tmp_path_factory):
 
 
 def _args(tmp_path, **overrides):
-    return SGCDConfig(
-        **dict(
-            output_dir=str(tmp_path / "out"),
-            per_device_train_batch_size=8,
-            num_generations=4,
-            max_completion_length=8,
-            max_steps=2,
-            learning_rate=1e-2,
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=3,
-            divergence_top_k=16,
-            segment_spike_z=1.0,
-            segment_min_divergence=1e-7,
-        )
-        | overrides
-    )
+    return tiny_args(tmp_path, **(dict(max_steps=2) | overrides))
 
 
 def _dataset(n=16):
