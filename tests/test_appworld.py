@@ -713,6 +713,10 @@ def _run_setup(appworld_root, tmp_path, bin_path, *args, **overrides):
         (("start", "1", "$(touch {marker})"), {}),
         (("start", "1", "8100"), {"STARTUP_TIMEOUT": "HOME[$(touch {marker})]"}),
         (("start", "HOME[$(touch {marker})]"), {}),
+        (("start", "1", "1+$(touch {marker})"), {}),
+        (("start", "1", "1+HOME[$(touch {marker})]"), {}),
+        (("start", "1+HOME[$(touch {marker})]", "8100"), {}),
+        (("start", "1", "8100"), {"STARTUP_TIMEOUT": "1+HOME[$(touch {marker})]"}),
     ],
 )
 def test_setup_script_rejects_non_numeric_values_before_arithmetic(
@@ -726,6 +730,17 @@ def test_setup_script_rejects_non_numeric_values_before_arithmetic(
     assert result.returncode != 0 and "must be" in result.stderr
     assert not marker.exists()
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("server-*.pid"))
+
+
+@pytest.mark.parametrize("command", ["stop", "status"])
+def test_setup_script_never_evaluates_a_crafted_pid_file(appworld_root, fake_appworld_bin, tmp_path, command):
+    marker = tmp_path / "executed"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "server-8100.pid").write_text(f"HOME[$(touch {marker})]\n")
+    (run_dir / "server-1+HOME[$(touch {marker})].pid").write_text("12345\n")
+    _run_setup(appworld_root, tmp_path, fake_appworld_bin, command)
+    assert not marker.exists()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="the listening-address check reads /proc/net/tcp")

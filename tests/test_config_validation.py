@@ -51,9 +51,29 @@ def test_success_threshold_nan_rejected_and_int_accepted(tmp_path):
     assert make(tmp_path, success_threshold=1, credit_gamma=2).success_threshold == 1
 
 
-@pytest.mark.parametrize("template", ["{reference} {other}", "{reference} {0}", "{reference} }", "{reference} {"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{reference} {other}",
+        "{reference} {0}",
+        "{reference} }",
+        "{reference} {",
+        "{reference} {}",
+        "{reference} {!r}",
+        "{reference} {reference.upper}",  # would format a bound method's repr at step 1
+        "{reference} {reference.missing}",  # would raise AttributeError at step 1
+        "{reference} {reference[0]}",
+        "{reference} {reference:{width}}",
+    ],
+)
 def test_reference_template_with_other_braces_rejected(tmp_path, template):
-    with pytest.raises(ValueError, match="reference_template"):
+    with pytest.raises(ValueError, match="reference_template must be a format string whose only field"):
+        make(tmp_path, reference_template=template)
+
+
+@pytest.mark.parametrize("template", [5, None, ["{reference}"]])
+def test_reference_template_of_another_type_rejected(tmp_path, template):
+    with pytest.raises(TypeError, match="reference_template must be str"):
         make(tmp_path, reference_template=template)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from string import Formatter
 
 from trl import GRPOConfig
 
@@ -322,15 +323,7 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"provider_max_concurrency must be >= 1, got {self.provider_max_concurrency}.")
         if self.provider_timeout <= 0:
             raise ValueError(f"provider_timeout must be > 0, got {self.provider_timeout}.")
-        if "{reference}" not in self.reference_template:
-            raise ValueError(f"reference_template must contain '{{reference}}', got {self.reference_template!r}.")
-        try:
-            self.reference_template.format(reference="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"reference_template must be a format string whose only field is {{reference}} (double other "
-                f"braces: '{{{{' and '}}}}'), got {self.reference_template!r}: {exc!r}."
-            ) from None
+        self._check_reference_template()
         if self.max_reference_tokens < 1:
             raise ValueError(f"max_reference_tokens must be >= 1, got {self.max_reference_tokens}.")
         if self.direct_sd_coef < 0:
@@ -374,6 +367,28 @@ class SGCDConfig(GRPOConfig):
                 raise TypeError(f"{f.name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__}).")
             if not math.isfinite(value):
                 raise ValueError(f"{f.name} must be finite, got {value!r}.")
+
+    def _check_reference_template(self) -> None:
+        """`reference_template` is a string whose replacement fields are all exactly `{reference}`."""
+        template = self.reference_template
+        if not isinstance(template, str):
+            raise TypeError(f"reference_template must be str, got {template!r} ({type(template).__name__}).")
+        if "{reference}" not in template:
+            raise ValueError(f"reference_template must contain '{{reference}}', got {template!r}.")
+        try:
+            parsed = [
+                (name, spec, conversion)
+                for _, name, spec, conversion in Formatter().parse(template)
+                if name is not None
+            ]
+            problem = "" if all(f == ("reference", "", None) for f in parsed) else "a field other than {reference}"
+        except ValueError as exc:  # a single '{' or '}'
+            problem = str(exc)
+        if problem:
+            raise ValueError(
+                f"reference_template must be a format string whose only field is {{reference}} (double other "
+                f"braces: '{{{{' and '}}}}'), got {template!r}: {problem}."
+            )
 
     @property
     def credit_spec(self) -> CreditModeSpec:

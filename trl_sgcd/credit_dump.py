@@ -123,6 +123,18 @@ def read_file(path: str | Path) -> list[Record]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def id_order(value: Any) -> tuple[int, int, str]:
+    """Sort key of a row or group id: integers in order, then anything else (a hand-edited dump) as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def row_order(record: Record) -> tuple[int, int, str]:
+    """Sort key of a record by its global row (`id_order`)."""
+    return id_order(record.get("row") if isinstance(record, dict) else None)
+
+
 def load_step(path: str | Path, step: int | None = None) -> list[Record]:
     """Reads the credit records of one step, merged over ranks and sorted by global row.
 
@@ -136,7 +148,7 @@ def load_step(path: str | Path, step: int | None = None) -> list[Record]:
     elif step not in steps:
         raise ValueError(f"No credit dump for step {step} under {path}; available steps: {sorted(steps)}.")
     records = [record for file in steps[step] for record in read_file(file)]
-    return sorted(records, key=lambda record: record["row"])
+    return sorted(records, key=row_order)
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:

@@ -9,6 +9,10 @@ module reads the dump of one step (all ranks) and draws:
   observations) grey and italic, tool-call spans outlined, and the rollout's reward, success and advantage.
 - `render_png`: a heat strip per rollout of `W` over token position (grey where the token is not in the loss).
 
+Hostile dumps: a dump is data from rollouts, tools and providers, so every value from it is HTML-escaped (tokens,
+references, row, group, step), numeric fields must be numbers (`ValueError` naming the record otherwise), and the page
+carries a Content-Security-Policy that allows no script, so markup that slipped through could still not run.
+
 Simplified: the page has no JavaScript (hover titles only), and tool calls are found by their `<tool_call>` markup
 in the decoded tokens, which covers Qwen-style templates; other templates just show no outline. The dump holds the
 credit references, which are training-only context: keep the rendered pages with the training outputs.
@@ -21,13 +25,71 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .credit_dump import Record, dump_files, load_step
+from .credit_dump import Record, dump_files, id_order, load_step, row_order
 from .credit_dump import available_steps as available_steps  # re-exported for `trl-sgcd visualize --list`
 
 
 load_credit_dump = load_step
 _TOOL_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.DOTALL)
 _SHADE_RGB = (217, 95, 2)  # dark orange: reads as "more credit" and stays distinct from the grey of masked tokens
+
+
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+_REQUIRED = ("row", "group", "reward", "success", "advantage", "tokens", "weights", "assistant_mask", "credit_mask")
+Label = int | str
+
+
+def _label(value: object) -> Label:
+    """A row or group id: an integer as written by the trainer, anything else as its text."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def _short(label: Label, width: int = 12) -> str:
+    """A row or group id for a plot label: printable characters only, at most `width` of them."""
+    text = "".join(char if char.isprintable() else "?" for char in str(label))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Malformed credit dump: {where} must be a number, got a {type(value).__name__}.")
+    return float(value)
+
+
+def _checked(records: Sequence[Record]) -> list[Record]:
+    """Copies of the records with every field the page and the plot show of a known type.
+
+    Row and group ids stay integers or become text, tokens and the reference become text, masks booleans; the
+    numeric fields must be numbers. Raises `ValueError` naming the record and field of a malformed record.
+    """
+    checked = []
+    for index, record in enumerate(records):
+        where = f"record {index}"
+        if not isinstance(record, dict):
+            raise ValueError(f"Malformed credit dump: {where} is a {type(record).__name__}, not an object.")
+        missing = [key for key in _REQUIRED if key not in record]
+        if missing:
+            raise ValueError(f"Malformed credit dump: {where} has no {', '.join(missing)}.")
+        for key in ("tokens", "weights", "assistant_mask", "credit_mask"):
+            if not isinstance(record[key], list):
+                raise ValueError(f"Malformed credit dump: {where} field {key} must be a list.")
+        reference = record.get("reference")
+        checked.append(
+            {
+                **record,
+                "row": _label(record["row"]),
+                "group": _label(record["group"]),
+                "reward": _number(record["reward"], f"{where} reward"),
+                "advantage": _number(record["advantage"], f"{where} advantage"),
+                "success": bool(record["success"]),
+                "tokens": [str(token) for token in record["tokens"]],
+                "weights": [_number(w, f"{where} weights[{i}]") for i, w in enumerate(record["weights"])],
+                "assistant_mask": [bool(m) for m in record["assistant_mask"]],
+                "credit_mask": [bool(m) for m in record["credit_mask"]],
+                "reference": None if reference is None else str(reference),
+            }
+        )
+    return checked
 
 
 def _shade(weight: float, cap: float) -> float:
@@ -119,17 +181,19 @@ def render_html(records: Sequence[Record], cap: float | None = None, title: str 
     """
     if not records:
         raise ValueError("No credit records to render.")
+    records = _checked(records)
     cap = _resolve_cap(records, cap)
     step = records[0].get("step")
     title = title or f"SGCD credit, step {step}"
     r, g, b = _SHADE_RGB
-    groups: dict[int, list[Record]] = {}
+    groups: dict[Label, list[Record]] = {}
     for record in records:
-        groups.setdefault(int(record["group"]), []).append(record)
+        groups.setdefault(record["group"], []).append(record)
 
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         '<p class="legend">Token background: credit weight W, from '
@@ -140,8 +204,8 @@ def render_html(records: Sequence[Record], cap: float | None = None, title: str 
         '<span class="nocredit">Dotted</span>: in the loss but outside the credit mask. '
         "Hover a token for its position and weight.</p>",
     ]
-    for group, members in sorted(groups.items()):
-        successes = sum(bool(m["success"]) for m in members)
+    for group, members in sorted(groups.items(), key=lambda item: id_order(item[0])):
+        successes = sum(m["success"] for m in members)
         reference = next((m["reference"] for m in members if m.get("reference")), None)
         group_label = html.escape(str(group))
         out.append(f'<section class="group" id="group-{group_label}">')
@@ -150,14 +214,14 @@ def render_html(records: Sequence[Record], cap: float | None = None, title: str 
             out.append(f'<div class="reference">{html.escape(reference)}</div>')
         else:
             out.append('<div class="no-reference">No credit reference for this group (W &equiv; 1).</div>')
-        for record in sorted(members, key=lambda m: m["row"]):
+        for record in sorted(members, key=row_order):
             stats = _summary(record)
             verdict = '<span class="ok">success</span>' if record["success"] else '<span class="fail">failure</span>'
             row = html.escape(str(record["row"]))
             out.append(f'<div class="rollout" id="row-{row}">')
             out.append(
-                f'<div class="meta">row {row} &middot; reward {float(record["reward"]):.3f} &middot; '
-                f"{verdict} &middot; advantage {float(record['advantage']):+.3f} &middot; "
+                f'<div class="meta">row {row} &middot; reward {record["reward"]:.3f} &middot; '
+                f"{verdict} &middot; advantage {record['advantage']:+.3f} &middot; "
                 f"mean W {stats['mean_w']:.3f}, max W {stats['max_w']:.3f}, "
                 f"{stats['boosted']}/{stats['loss_tokens']} loss tokens boosted</div>"
             )
@@ -205,8 +269,9 @@ def render_png(records: Sequence[Record], path: str | Path, cap: float | None = 
 
     if not records:
         raise ValueError("No credit records to render.")
+    records = _checked(records)
     cap = _resolve_cap(records, cap)
-    shown = sorted(records, key=lambda m: (m["group"], m["row"]))[:max_rollouts]
+    shown = sorted(records, key=lambda m: (id_order(m["group"]), row_order(m)))[:max_rollouts]
     width = max(1, max(len(m["weights"]) for m in shown))
     grid = np.full((len(shown), width), np.nan)
     masked = np.zeros((len(shown), width), dtype=bool)
@@ -230,17 +295,18 @@ def render_png(records: Sequence[Record], path: str | Path, cap: float | None = 
     grey[masked] = (0.78, 0.78, 0.78, 1.0)
     axis.imshow(grey, aspect="auto", interpolation="nearest")
     labels = [
-        f"g{m['group']} r{m['row']} {'✓' if m['success'] else '✗'} R={float(m['reward']):.2f} A={float(m['advantage']):+.2f}"
+        f"g{_short(m['group'])} r{_short(m['row'])} {'✓' if m['success'] else '✗'} R={m['reward']:.2f} A={m['advantage']:+.2f}"
         for m in shown
     ]
-    axis.set_yticks(range(len(shown)), labels, fontsize=8, family="monospace")
+    # parse_math=False: a "$" in a dump's text is drawn as is, never parsed as mathtext.
+    axis.set_yticks(range(len(shown)), labels, fontsize=8, family="monospace", parse_math=False)
     for i in range(1, len(shown)):
         if shown[i]["group"] != shown[i - 1]["group"]:
             axis.axhline(i - 0.5, color="black", linewidth=1.2)
     axis.set_xlabel("completion token position")
-    step = shown[0].get("step")
+    step = _short(shown[0].get("step"))
     suffix = f" (first {len(shown)} of {len(records)} rollouts)" if len(shown) < len(records) else ""
-    axis.set_title(f"SGCD credit weights W, step {step}{suffix}; grey: not in the loss", fontsize=10)
+    axis.set_title(f"SGCD credit weights W, step {step}{suffix}; grey: not in the loss", fontsize=10, parse_math=False)
     colorbar = figure.colorbar(image, ax=axis, fraction=0.025, pad=0.01)
     colorbar.set_label("W")
     figure.tight_layout()
