@@ -36,6 +36,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODES = ["off", "sgcd", "uniform", "sibling_context", "direct_sd", "sdpo"]
+COMPARED = ["off", "sgcd", "uniform", "sibling_context", "direct_sd"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/reproduce")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--modes", nargs="+", default=MODES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--modes", nargs="+", default=COMPARED, choices=MODES)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=100)
     # The warm start: digits kept out of the tokenizer's merges (ids then tokenize alike in requests, tool calls and
     # observations, which a tiny model needs to copy them), one pass over 9000 expert conversations at batch 4.
     parser.add_argument("--sft_examples", type=int, default=9000)
@@ -54,14 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sft_batch_size", type=int, default=4)
     parser.add_argument("--sft_warmup_steps", type=int, default=20)
     parser.add_argument("--isolate_digits", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--eval_tasks", type=int, default=40)
+    parser.add_argument("--eval_tasks", type=int, default=120)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument(
         "--report_only", action="store_true", help="recompute metrics, table and plots from the runs already in --out"
     )
+    parser.add_argument("--figures", default=None, help="where the plots and outcome.json go (default: --out)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.steps, args.sft_examples, args.sft_epochs, args.eval_tasks = [0], 1, 32, 1.0, 6
+        args.seeds, args.steps, args.sft_examples, args.sft_epochs, args.eval_tasks = [0, 1], 1, 32, 1.0, 6
         args.modes = [m for m in args.modes if m in ("off", "sgcd")] or args.modes[:1]
     return args
 
@@ -225,10 +227,12 @@ def evaluate_checkpoint(path: str, num_tasks: int) -> dict:
     from trl_sgcd.eval import TransformersPolicy, evaluate
 
     policy = TransformersPolicy.from_pretrained(path, max_new_tokens=160)
-    result = evaluate(
-        policy, OfflineAirlineEnv, make_dataset("test", n=num_tasks, seed=0), reward_funcs=offline_airline_reward
-    )
-    return {"metrics": result.metrics, "categories": result.categories}
+    # Greedy; 40 episodes in lockstep: a tiny model's generation costs about the same per call at 8 or at 40.
+    dataset = make_dataset("test", n=num_tasks, seed=0)
+    result = evaluate(policy, OfflineAirlineEnv, dataset, reward_funcs=offline_airline_reward, batch_size=40)
+    tasks = {record.task: record.success for record in result.episodes}
+    return {"metrics": result.metrics, "categories": result.categories, "tasks": tasks,
+            "task_categories": {record.task: record.category for record in result.episodes}}  # fmt: skip
 
 
 def train_mode(sft: str, mode: str, seed: int, args, out: Path) -> dict:
@@ -261,6 +265,8 @@ def train_mode(sft: str, mode: str, seed: int, args, out: Path) -> dict:
     trainer.train()
     train_minutes = (time.perf_counter() - start) / 60
     trainer.save_model(str(run_dir / "final"))
+    start = time.perf_counter()
+    evaluation = evaluate_checkpoint(str(run_dir / "final"), args.eval_tasks)
     logs = [h for h in trainer.state.log_history if "reward" in h]
     result = {
         "mode": mode,
@@ -277,7 +283,8 @@ def train_mode(sft: str, mode: str, seed: int, args, out: Path) -> dict:
                 "sgcd/advantage_inflation",
             )
         },
-        "eval": evaluate_checkpoint(str(run_dir / "final"), args.eval_tasks),
+        "eval": evaluation,
+        "eval_minutes": (time.perf_counter() - start) / 60,
     }
     result.update(_precision_metrics(run_dir / "sgcd_credit"))
     (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
@@ -297,6 +304,85 @@ def _mean_ci(values: list[float]) -> str:
     if len(values) == 1:
         return f"{ci.mean:.3f}"
     return f"{ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def _success(run: dict, category: str | None) -> dict[str, bool]:
+    tasks, categories = run["eval"]["tasks"], run["eval"]["task_categories"]
+    return {task: ok for task, ok in tasks.items() if category is None or categories[task] == category}
+
+
+def _two_sided_sign_test(gained: int, lost: int) -> float:
+    """Exact McNemar test: two-sided binomial p-value of `gained` against `lost` discordant pairs at p = 1/2."""
+    from math import comb
+
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_against_off(results: list[dict], mode: str, category: str | None = None, resamples: int = 10000) -> dict:
+    """`mode` − `off` on the same held-out tasks, paired by seed and by task.
+
+    - Per seed: the difference of pass@1 on the tasks both runs were evaluated on; the mean over seeds with a 95%
+      t-interval over the paired differences (the seed-to-seed spread of training).
+    - Per task: each task's success rate over seeds, `mode` minus `off`; a percentile bootstrap over tasks of their
+      mean (the task-sampling spread).
+    - Flips: (seed, task) pairs that `off` failed and `mode` solved (`gained`) or the reverse (`lost`), with the exact
+      McNemar p-value of that split.
+    With `category`, only that category's tasks count.
+    """
+    import random
+
+    from trl_sgcd.eval import mean_ci95
+
+    off = {r["seed"]: r for r in results if r["mode"] == "off"}
+    runs = {r["seed"]: r for r in results if r["mode"] == mode}
+    seeds = sorted(set(off) & set(runs))
+    nan = float("nan")
+    if not seeds:
+        return {"seeds": [], "diff": nan, "ci": [nan, nan], "task_ci": [nan, nan], "gained": 0, "lost": 0, "p": nan}
+    diffs, gained, lost = [], 0, 0
+    per_task: dict[str, list[float]] = {}
+    for seed in seeds:
+        a, b = _success(off[seed], category), _success(runs[seed], category)
+        common = sorted(set(a) & set(b))
+        if not common:
+            continue
+        diffs.append(sum(b[t] for t in common) / len(common) - sum(a[t] for t in common) / len(common))
+        gained += sum(b[t] and not a[t] for t in common)
+        lost += sum(a[t] and not b[t] for t in common)
+        for t in common:
+            per_task.setdefault(t, []).append(float(b[t]) - float(a[t]))
+    if not diffs:
+        return {"seeds": [], "diff": nan, "ci": [nan, nan], "task_ci": [nan, nan], "gained": 0, "lost": 0, "p": nan}
+    ci = mean_ci95(diffs)
+    task_means = [statistics.mean(v) for v in per_task.values()]
+    rng = random.Random(0)
+    boot = sorted(statistics.fmean(rng.choices(task_means, k=len(task_means))) for _ in range(resamples))
+    return {
+        "seeds": seeds,
+        "per_seed": diffs,
+        "diff": ci.mean,
+        "ci": [ci.low, ci.high],
+        "tasks": len(task_means),
+        "task_ci": [boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]],
+        "gained": gained,
+        "lost": lost,
+        "p": _two_sided_sign_test(gained, lost),
+    }
+
+
+def _fmt_paired(entry: dict) -> str:
+    lo, hi = entry["ci"]
+    if entry["diff"] != entry["diff"]:
+        return "n/a"
+    interval = f" [{lo:+.3f}, {hi:+.3f}]" if lo == lo else ""
+    return f"{entry['diff']:+.3f}{interval}"
+
+
+PAIRED_CATEGORIES = {"all": None, "action": "action", "information": "information"}
 
 
 def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
@@ -351,58 +437,161 @@ def summarize(results: list[dict], warm: dict) -> tuple[str, dict]:
             continue
         cells = [f"{_mean_ci(entry[f'weight_{p}'])} / {statistics.mean(entry[f'tokens_{p}']):.3f}" for p in POSITIONS]
         rows.append(f"| `{mode}` | " + " | ".join(cells) + " |")
+    if "off" in summary["modes"]:
+        rows += ["", "Paired against `off` on the same held-out tasks: pass@1 difference, mean over seeds [95% t-interval "
+                 "over the per-seed differences]; the task bootstrap's 95% interval; (seed, task) pairs `off` failed and "
+                 "the mode solved / the reverse, with the exact McNemar p-value:", ""]  # fmt: skip
+        rows.append("| mode | Δ pass@1 | per seed | task bootstrap | solved / lost (p) | Δ action | Δ information |")
+        rows.append("|---|---|---|---|---|---|---|")
+        summary["paired"] = {}
+        for mode in summary["modes"]:
+            if mode == "off":
+                continue
+            entry = {name: paired_against_off(results, mode, cat) for name, cat in PAIRED_CATEGORIES.items()}
+            summary["paired"][mode] = entry
+            overall = entry["all"]
+            if not overall["seeds"]:
+                continue
+            lo, hi = overall["task_ci"]
+            rows.append(
+                f"| `{mode}` | {_fmt_paired(overall)} | {' '.join(f'{d:+.3f}' for d in overall['per_seed'])} | "
+                f"[{lo:+.3f}, {hi:+.3f}] | {overall['gained']} / {overall['lost']} ({overall['p']:.2f}) | "
+                f"{_fmt_paired(entry['action'])} | {_fmt_paired(entry['information'])} |"
+            )
     return "\n".join(rows), summary
 
 
-def plot(results: list[dict], out: Path) -> list[Path]:
+COLORS = {"off": "#555555", "sgcd": "#d62728", "uniform": "#1f77b4", "sibling_context": "#2ca02c",
+          "direct_sd": "#9467bd", "sdpo": "#8c564b"}  # fmt: skip
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what exists so far)."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def _curve_band(runs: list[dict], key: str, window: int) -> tuple[list[float], list[float], list[float]]:
+    """Seed mean of the smoothed curves and its 95% t-band over seeds (no band with one seed)."""
+    from trl_sgcd.eval import mean_ci95
+
+    curves = [_smooth([v if v is not None else float("nan") for v in r["curve"][key]], window) for r in runs]
+    length = min(len(c) for c in curves)
+    stats = [mean_ci95([c[i] for c in curves if c[i] == c[i]] or [float("nan")]) for i in range(length)]
+    return [s.mean for s in stats], [s.low for s in stats], [s.high for s in stats]
+
+
+def plot(results: list[dict], summary: dict, figures: Path) -> list[Path]:
+    """Three figures, one question per panel: `outcome.png` (pass@1 by mode; paired difference against `off`),
+    `training_reward.png` (each mode against `off`, smoothed seed means with 95% bands) and `credit_precision.png`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.spines.top": False, "axes.spines.right": False})
+    modes = [m for m in MODES if m in summary["modes"]]
     paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key, title in zip(
-        axes,
-        ("reward", "sgcd/tools/zero_tool_success_frac", "sgcd/tools/tool_calls_per_success"),
-        ("training reward (all sampled rollouts)", "zero-tool share of successes", "tool calls per success"),
-        strict=True,
-    ):
-        for mode in MODES:
-            runs = [r for r in results if r["mode"] == mode]
-            if not runs:
-                continue
-            length = min(len(r["curve"][key]) for r in runs)
-            mean = [
-                statistics.mean(v for v in (r["curve"][key][i] for r in runs) if v is not None) for i in range(length)
-            ]
-            ax.plot(range(1, length + 1), mean, label=mode)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[0].legend()
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.15]})
+    for i, mode in enumerate(modes):
+        values = summary["modes"][mode]["pass@1"]
+        mean = statistics.fmean(values)
+        if len(values) > 1:
+            from trl_sgcd.eval import mean_ci95
+
+            ci = mean_ci95(values)
+            left.errorbar(i, mean, yerr=[[mean - ci.low], [ci.high - mean]], fmt="o", color=COLORS[mode], capsize=6,
+                          markersize=9, lw=2)  # fmt: skip
+        else:
+            left.plot(i, mean, "o", color=COLORS[mode], markersize=9)
+        left.scatter([i + 0.18] * len(values), values, s=14, color=COLORS[mode], alpha=0.5)
+    warm = summary["warm_start"]["metrics"]["pass@1"]
+    left.axhline(warm, ls="--", color="black", lw=1)
+    left.text(-0.4, warm, "warm start", va="bottom", ha="left", fontsize=10)
+    left.set_xticks(range(len(modes)), modes, rotation=15)
+    left.set_ylabel("held-out pass@1")
+    left.set_title("pass@1 by mode (mean, 95% CI over seeds; dots: seeds)")
+
+    paired = summary.get("paired", {})
+    compared = [m for m in modes if m in paired and paired[m]["all"]["seeds"]]
+    offsets = {"all": -0.22, "action": 0.0, "information": 0.22}
+    markers = {"all": "o", "action": "s", "information": "^"}
+    for i, mode in enumerate(compared):
+        for name, offset in offsets.items():
+            entry = paired[mode][name]
+            lo, hi = entry["ci"]
+            yerr = [[entry["diff"] - lo], [hi - entry["diff"]]] if lo == lo else None
+            right.errorbar(i + offset, entry["diff"], yerr=yerr, fmt=markers[name], color=COLORS[mode], capsize=4,
+                           markersize=8, lw=1.8, alpha=1.0 if name == "all" else 0.6,
+                           label=name if i == 0 else None)  # fmt: skip
+    right.axhline(0, color="black", lw=1)
+    right.set_xticks(range(len(compared)), compared, rotation=15)
+    right.set_ylabel("pass@1 minus off (same tasks, same seed)")
+    right.set_title("paired difference against off (95% CI over seeds)")
+    right.legend(title="tasks", fontsize=10, loc="best")
     fig.tight_layout()
-    paths.append(out / "training_curves.png")
-    fig.savefig(paths[-1], dpi=110)
+    paths.append(figures / "outcome.png")
+    fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    modes = [
-        m for m in MODES if any(r["mode"] == m and r["credit_precision"] == r["credit_precision"] for r in results)
-    ]
-    precision = [statistics.mean(r["credit_precision"] for r in results if r["mode"] == m) for m in modes]
-    share = [statistics.mean(r["deviation_token_share"] for r in results if r["mode"] == m) for m in modes]
-    x = range(len(modes))
-    ax.bar([i - 0.2 for i in x], precision, width=0.4, label="share of extra weight W-1 on deviation tokens")
-    ax.bar([i + 0.2 for i in x], share, width=0.4, label="share of credit tokens that are deviation tokens")
-    ax.set_xticks(list(x), modes)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("credit precision (failed rollouts)")
-    fig.tight_layout()
-    paths.append(out / "credit_precision.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    others = [m for m in modes if m != "off"]
+    if others:
+        off_runs = [r for r in results if r["mode"] == "off"]
+        steps = max(len(r["curve"]["reward"]) for r in results)
+        window = max(1, steps // 10)
+        fig, axes = plt.subplots(1, len(others), figsize=(3.6 * len(others) + 1, 4), sharey=True, squeeze=False)
+        for ax, mode in zip(axes[0], others, strict=True):
+            for name in (["off"] if off_runs else []) + [mode]:
+                runs = [r for r in results if r["mode"] == name]
+                mean, low, high = _curve_band(runs, "reward", window)
+                x = range(1, len(mean) + 1)
+                ax.plot(x, mean, color=COLORS[name], lw=2, label=f"{name} ({len(runs)} seeds)")
+                if len(runs) > 1:
+                    ax.fill_between(x, low, high, color=COLORS[name], alpha=0.18, lw=0)
+            ax.set_title(f"{mode} against off")
+            ax.set_xlabel("RL step")
+            ax.legend(fontsize=9, loc="lower right")
+        axes[0][0].set_ylabel(f"training reward ({window}-step mean)")
+        fig.suptitle("training reward: seed mean and 95% band over seeds", fontsize=13)
+        fig.tight_layout()
+        paths.append(figures / "training_reward.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
+    scored = [m for m in modes if any(v == v for v in summary["modes"][m]["rollout_precision_lift"])]
+    if scored:
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        for i, mode in enumerate(scored):
+            entry = summary["modes"][mode]
+            bottom = 0.0
+            for position, shade in zip(POSITIONS, (0.35, 1.0, 0.6), strict=True):
+                share = statistics.fmean(v for v in entry[f"weight_{position}"] if v == v)
+                ax.bar(i, share, bottom=bottom, color=COLORS[mode], alpha=shade, edgecolor="white")
+                ax.text(i, bottom + share / 2, position, ha="center", va="center", fontsize=9)
+                bottom += share
+            token_on = statistics.fmean(v for v in entry["tokens_on"] if v == v)
+            token_before = statistics.fmean(v for v in entry["tokens_before"] if v == v)
+            ax.plot([i - 0.4, i + 0.4], [token_before] * 2, color="black", lw=1.5)
+            ax.plot([i - 0.4, i + 0.4], [token_before + token_on] * 2, color="black", lw=1.5, ls=":")
+        ax.set_xticks(range(len(scored)), scored)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of extra weight W − 1")
+        ax.set_title("failed rollouts: where the extra weight lands\n(lines: the token shares before / up to the end "
+                     "of the first deviation)", fontsize=11)  # fmt: skip
+        fig.tight_layout()
+        paths.append(figures / "credit_precision.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
+
+
+def _claim(path: Path) -> bool:
+    """Claims a run for this process (several processes can share one `--out`); False if another has it."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def main(argv=None) -> dict:
@@ -415,7 +604,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        return report_only(out)
+        return report_only(out, args.figures)
     start = time.perf_counter()
     sft = out / "sft"
     if not (sft / "config.json").exists():
@@ -430,45 +619,68 @@ def main(argv=None) -> dict:
             warmup_steps=args.sft_warmup_steps,
         )
     sft_minutes = (time.perf_counter() - start) / 60
-    warm = evaluate_checkpoint(str(sft), args.eval_tasks)
-    print(f"warm start: pass@1 {warm['metrics']['pass@1']:.3f} ({sft_minutes:.1f} min)", flush=True)
+    if _claim(out / "warm_start.claim"):
+        warm = evaluate_checkpoint(str(sft), args.eval_tasks)
+        (out / "warm_start.json").write_text(json.dumps(warm, indent=1))
+        print(f"warm start: pass@1 {warm['metrics']['pass@1']:.3f} ({sft_minutes:.1f} min)", flush=True)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
 
-    results = []
+    # Seed-major order: stopped early, the finished runs are whole seeds of every mode. Each run is claimed first, so
+    # two processes started with the same arguments share the list, one core each.
     for seed in args.seeds:
         for mode in args.modes:
+            if not _claim(out / f"{mode}-seed{seed}.claim"):
+                continue
             result = train_mode(str(sft), mode, seed, args, out)
-            results.append(result)
             print(
                 f"{mode:16s} seed {seed}: pass@1 {result['eval']['metrics']['pass@1']:.3f}, "
                 f"credit precision {result['credit_precision']:.3f} (deviation share "
-                f"{result['deviation_token_share']:.3f}), {result['train_minutes']:.1f} min",
+                f"{result['deviation_token_share']:.3f}), {result['train_minutes']:.1f} + "
+                f"{result['eval_minutes']:.1f} min",
                 flush=True,
             )
-    table, summary = summarize(results, warm)
-    summary["total_minutes"] = (time.perf_counter() - start) / 60
-    summary["args"] = vars(args)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "results_table.md").write_text(table + "\n")
-    plots = plot(results, out)
-    print(table)
-    print(f"total {summary['total_minutes']:.1f} min; plots: {[str(p) for p in plots]}")
-    return {"summary": summary, "table": table, "plots": plots, "results": results}
+    missing = [
+        f"{m}-seed{s}" for s in args.seeds for m in args.modes if not (out / f"{m}-seed{s}" / "result.json").exists()
+    ]
+    if missing or not (out / "warm_start.json").exists():
+        print(f"other processes still run {missing or ['the warm start evaluation']}; then: --report_only", flush=True)
+        return {}
+    report = report_only(out, args.figures, recompute=False)
+    report["summary"]["total_minutes"] = (time.perf_counter() - start) / 60
+    print(f"total {report['summary']['total_minutes']:.1f} min; plots: {[str(p) for p in report['plots']]}")
+    return report
 
 
-def report_only(out: Path) -> dict:
-    """Recomputes credit precision from each run's credit dumps and rewrites the table and plots (no training)."""
-    summary = json.loads((out / "summary.json").read_text())
+def report_only(out: Path, figures: str | Path | None = None, recompute: bool = True) -> dict:
+    """Table, paired statistics and plots from the runs in `out` (no training); `recompute` also re-reads each run's
+    credit dumps for the credit-precision metrics. Plots and `outcome.json` (the summary) go to `figures`."""
+    figures = Path(figures) if figures else out
+    figures.mkdir(parents=True, exist_ok=True)
     results = []
     for path in sorted(out.glob("*-seed*/result.json")):
         result = json.loads(path.read_text())
-        result.update(_precision_metrics(path.parent / "sgcd_credit"))
-        path.write_text(json.dumps(result, indent=1, default=str))
+        if recompute:
+            result.update(_precision_metrics(path.parent / "sgcd_credit"))
+            path.write_text(json.dumps(result, indent=1, default=str))
         results.append(result)
-    table, modes = summarize(results, summary["warm_start"])
-    summary["modes"] = modes["modes"]
+    warm = json.loads((out / "warm_start.json").read_text())
+    table, summary = summarize(results, warm)
+    args_path = out / "args.json"
+    summary["args"] = json.loads(args_path.read_text()) if args_path.exists() else {}
+    summary["runs"] = [
+        {
+            "mode": r["mode"],
+            "seed": r["seed"],
+            "train_minutes": r["train_minutes"],
+            "eval_minutes": r.get("eval_minutes"),
+        }
+        for r in results
+    ]
+    summary["warm_start"] = {k: warm[k] for k in ("metrics", "categories")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (figures / "outcome.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "results_table.md").write_text(table + "\n")
-    plots = plot(results, out)
+    plots = plot(results, summary, figures)
     print(table)
     return {"summary": summary, "table": table, "plots": plots, "results": results}
 

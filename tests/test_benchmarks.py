@@ -119,14 +119,63 @@ def test_premature_answer_is_the_deviation_when_every_call_was_on_path():
     assert reproduce.deviation_token_mask(record) == [0, 0, 0, 0, 1, 1, 1]
 
 
+def _run(mode, seed, successes, categories):
+    tasks = {f"t{i}": ok for i, ok in enumerate(successes)}
+    return {
+        "mode": mode,
+        "seed": seed,
+        "eval": {"tasks": tasks, "task_categories": dict(zip(tasks, categories, strict=True))},
+    }
+
+
+def test_paired_comparison_against_off_by_seed_and_by_task():
+    reproduce = _load("reproduce")
+    categories = ["action"] * 4 + ["information"] * 2
+    results = [
+        _run("off", 0, [0, 0, 1, 1, 0, 1], categories),
+        _run("sgcd", 0, [1, 0, 1, 0, 1, 1], categories),  # solves t0 and t4, loses t3: +1/6
+        _run("off", 1, [0, 1, 1, 0, 0, 0], categories),
+        _run("sgcd", 1, [1, 1, 1, 1, 0, 0], categories),  # solves t0 and t3: +2/6
+        _run("sgcd", 2, [1, 1, 1, 1, 1, 1], categories),  # no `off` run for seed 2: not paired
+    ]
+    entry = reproduce.paired_against_off(results, "sgcd")
+    assert entry["seeds"] == [0, 1] and entry["per_seed"] == pytest.approx([1 / 6, 2 / 6])
+    assert entry["diff"] == pytest.approx(0.25)
+    half = 12.706204736 * (2**0.5 / 12) / 2**0.5  # t(0.975, 1) * sd / sqrt(2); sd of (1/6, 2/6) = sqrt(2) / 12
+    assert entry["ci"] == pytest.approx([0.25 - half, 0.25 + half])
+    assert (entry["gained"], entry["lost"], entry["tasks"]) == (4, 1, 6)
+    assert entry["p"] == pytest.approx(2 * (1 + 5) / 2**5)  # exact McNemar: P(X <= 1 | n=5, 1/2), two-sided
+    # Task means (+1, 0, 0, 0, +0.5, 0): the bootstrap interval holds their mean and stays inside their range.
+    assert 0.0 <= entry["task_ci"][0] <= 0.25 <= entry["task_ci"][1] <= 1.0
+    information = reproduce.paired_against_off(results, "sgcd", "information")
+    assert information["per_seed"] == pytest.approx([0.5, 0.0]) and (information["gained"], information["lost"]) == (
+        1,
+        0,
+    )
+    assert reproduce._two_sided_sign_test(0, 0) == 1.0 and reproduce._two_sided_sign_test(8, 1) == pytest.approx(
+        0.0390625
+    )
+
+
 def test_reproduce_quick_runs_the_whole_pipeline(tmp_path):
     reproduce = _load("reproduce")
     out = reproduce.main(["--quick", "--out", str(tmp_path)])
-    assert {r["mode"] for r in out["results"]} == {"off", "sgcd"}
+    assert {(r["mode"], r["seed"]) for r in out["results"]} == {("off", 0), ("sgcd", 0), ("off", 1), ("sgcd", 1)}
     assert all(0.0 <= r["eval"]["metrics"]["pass@1"] <= 1.0 for r in out["results"])
+    assert all(len(r["eval"]["tasks"]) == 6 for r in out["results"])
     assert (tmp_path / "summary.json").exists() and (tmp_path / "results_table.md").exists()
+    assert {p.name for p in out["plots"]} >= {"outcome.png", "training_reward.png"}
     assert all(p.exists() and p.stat().st_size > 1000 for p in out["plots"])
-    assert "| `sgcd` |" in out["table"]
+    assert "| `sgcd` |" in out["table"] and "Paired against `off`" in out["table"]
+    # The paired statistics come from both seeds and agree with the runs' own pass@1.
+    paired = out["summary"]["paired"]["sgcd"]["all"]
+    assert paired["seeds"] == [0, 1] and paired["tasks"] == 6
+    by_run = {(r["mode"], r["seed"]): r["eval"]["metrics"]["pass@1"] for r in out["results"]}
+    assert paired["per_seed"] == pytest.approx([by_run["sgcd", s] - by_run["off", s] for s in (0, 1)])
+    # --report_only rebuilds the same table from the run directory alone, into another figures folder.
+    again = reproduce.main(["--out", str(tmp_path), "--report_only", "--figures", str(tmp_path / "figures")])
+    assert again["table"] == out["table"]
+    assert json.loads((tmp_path / "figures" / "outcome.json").read_text())["paired"]["sgcd"]["all"]["seeds"] == [0, 1]
 
 
 def test_overhead_benchmark_prints_its_ratios(tmp_path):
