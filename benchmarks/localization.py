@@ -19,8 +19,18 @@ the contrast reference's weights spread evenly over each rollout (exactly 1.0 by
     python benchmarks/localization.py --quick --out /tmp/loc         # the CI-sized run (see `--quick`)
     python benchmarks/localization.py                                 # writes docs/results/localization.json + .png
 
-The warm starts split into a dev set (the first `--dev` of them, where segmenter settings would be chosen) and
-held-out ones; the report gives both. All runs use `torch.set_num_threads(1)`.
+Segmenter options. Each run trains with the segmenter options given as flags (`--baseline`, `--signed`,
+`--noise-floor`; the `SGCDConfig` defaults otherwise) and dumps its per-token credit features. The segmenter is then
+re-run on the same dumped features for every option in `--variants` (segment baselines, each unsigned and signed),
+so all options are compared on the very same rollouts; the re-run of the trained option must reproduce the weights
+the trainer dumped (`max_weight_diff` in the report). A reference's top-level `lift` is that of the flags' option.
+A run directory that already holds the dumps of the same run (`run.json`: warm start, reference, tasks, steps) is
+measured again without training, so new options can be compared on old rollouts.
+
+Dev / held-out. The warm starts split into dev ones (the first `--dev`), measured on the dev half of a fixed pool
+of test-split tasks (never seen by the warm starts' SFT), and held-out ones, measured on the other half. Choose
+options on `--split dev`, then report them with `--split held_out`; `--split all` runs both.
+All runs use `torch.set_num_threads(1)`.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+
+from trl_sgcd.credit.segmenter import BASELINES
 
 
 REFERENCES = ("oracle", "contrast", "sibling_context", "uniform")
@@ -64,12 +76,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-completion-length", type=int, default=192)
     parser.add_argument("--noise-floor", type=float, default=0.0, help="segment_noise_floor of the runs")
     parser.add_argument("--signed", action="store_true", help="segment_signed=True in the runs")
+    parser.add_argument("--baseline", default="rollout", choices=BASELINES, help="segment_baseline of the runs")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[b + s for b in BASELINES for s in ("", "+signed")],
+        help="segmenter options re-run on the dumped features: a segment baseline, optionally '+signed'",
+    )
+    parser.add_argument("--split", default="all", choices=("dev", "held_out", "all"), help="warm starts to run")
+    parser.add_argument("--tasks", type=int, default=512, help="size of the task pool split into dev / held-out")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="CI size: 3 small warm starts (hidden 64, 128 examples x 3 epochs), 1 step, 128-token completions",
     )
     args = parser.parse_args(argv)
+    for variant in args.variants:
+        if variant.removesuffix("+signed") not in BASELINES:
+            parser.error(f"unknown variant {variant!r}: a segment baseline {BASELINES}, optionally '+signed'")
     if args.quick:
         args.sft_examples, args.sft_epochs, args.hidden_size = 128, 3.0, 64
         args.steps, args.max_completion_length = 1, 128
@@ -114,30 +138,93 @@ def _regions(record: dict) -> tuple[str, dict[str, list[bool]]] | None:
     return ("success", {"decision": decision}) if any(decision) else None
 
 
-def rollout_lifts(dump_dir: Path) -> list[dict]:
-    """Per measured rollout with extra weight: kind, category and the lift of each region."""
-    out = []
-    for path in sorted(dump_dir.glob("step_*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["reference"] is None:
-                continue
-            regions = _regions(record)
-            if regions is None:
-                continue
-            kind, masks = regions
-            credit = [bool(c) for c in record["credit_mask"]]
-            extra = [max(w - 1.0, 0.0) if c else 0.0 for w, c in zip(record["weights"], credit, strict=True)]
-            total, n = math.fsum(extra), sum(credit)
-            if total <= 0:
-                continue
-            lifts = {}
-            for name, mask in masks.items():
-                share = sum(m and c for m, c in zip(mask, credit, strict=True)) / n
-                if share > 0:
-                    lifts[name] = (math.fsum(e for e, m in zip(extra, mask, strict=True) if m) / total) / share
-            out.append({"kind": kind, "category": record["metadata"].get("category"), **lifts})
+def load_records(dump_dir: Path) -> list[dict]:
+    """The dumped records that carry a reference, in step and row order."""
+    records = []
+    for path in sorted(Path(dump_dir).glob("step_*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records += sorted((r for r in rows if r["reference"] is not None), key=lambda r: r.get("row", 0))
+    return records
+
+
+def variant_weights(records: list[dict], variant: str, noise_floor: float, uniform: bool) -> list[list[float]]:
+    """Each record's weights with the segmenter re-run on its dumped features under `variant` (a segment baseline,
+    optionally `+signed`), step by step as the trainer batches them; the trainer's other settings are its defaults."""
+    import torch
+
+    from trl_sgcd import SGCDConfig
+    from trl_sgcd.credit import credit_weights, saliency_segments, signed_agreement, uniform_weights
+    from trl_sgcd.credit.segmenter import SegmenterConfig
+
+    defaults = SGCDConfig(output_dir="unused", report_to="none", use_cpu=True)
+    segmenter = {**vars(defaults.segmenter), "noise_floor": noise_floor, "baseline": variant.removesuffix("+signed")}
+    config = SegmenterConfig(**segmenter)
+    out: list[list[float]] = []
+    steps: dict[int, list[dict]] = {}
+    for record in records:
+        steps.setdefault(record["step"], []).append(record)
+    for batch in steps.values():
+        width = max(len(r["tokens"]) for r in batch)
+
+        def pad(key, dtype=torch.float32, batch=batch, width=width):
+            return torch.tensor([r[key] + [0] * (width - len(r[key])) for r in batch], dtype=dtype)
+
+        credit = pad("credit_mask", torch.bool)
+        d, h = pad("divergence") * credit, pad("entropy")
+        advantages = torch.tensor([r["sequence_advantage"] for r in batch])
+        if variant.endswith("+signed"):
+            d = d * signed_agreement(pad("log_ratio"), advantages)
+        saliency, _ = saliency_segments(
+            d,
+            h,
+            credit,
+            config,
+            groups=torch.tensor([r["group"] for r in batch]),
+            advantages=advantages,
+            assistant_mask=pad("assistant_mask", torch.bool),
+        )
+        weights = credit_weights(saliency, defaults.credit_gamma, defaults.credit_cap)
+        if uniform:
+            weights = uniform_weights(weights, credit)
+        out += [weights[i, : len(r["tokens"])].tolist() for i, r in enumerate(batch)]
     return out
+
+
+def rollout_lifts(dump_dir: Path | list[dict], weights: list[list[float]] | None = None) -> list[dict]:
+    """Per measured rollout with extra weight: kind, category and the lift of each region.
+
+    `dump_dir` is a dump folder or its records (`load_records`); `weights` replaces the dumped weights."""
+    records = load_records(dump_dir) if isinstance(dump_dir, (str, Path)) else dump_dir
+    out = []
+    for k, record in enumerate(records):
+        regions = record["_regions"] if "_regions" in record else _regions(record)
+        if regions is None:
+            continue
+        kind, masks = regions
+        credit = [bool(c) for c in record["credit_mask"]]
+        row_weights = record["weights"] if weights is None else weights[k]
+        extra = [max(w - 1.0, 0.0) if c else 0.0 for w, c in zip(row_weights, credit, strict=True)]
+        total, n = math.fsum(extra), sum(credit)
+        if total <= 0:
+            continue
+        lifts = {}
+        for name, mask in masks.items():
+            share = sum(m and c for m, c in zip(mask, credit, strict=True)) / n
+            if share > 0:
+                lifts[name] = (math.fsum(e for e, m in zip(extra, mask, strict=True) if m) / total) / share
+        out.append({"kind": kind, "category": record["metadata"].get("category"), **lifts})
+    return out
+
+
+def rollout_counts(records: list[dict]) -> dict:
+    """How many dumped rollouts with a reference could be measured at all (before any weight is looked at)."""
+    regions = [record["_regions"] if "_regions" in record else _regions(record) for record in records]
+    return {
+        "rollouts_with_reference": len(records),
+        "failed": sum(not r["success"] for r in records),
+        "failed_with_deviation": sum(r is not None and r[0] == "failed" for r in regions),
+        "success_with_decision": sum(r is not None and r[0] == "success" for r in regions),
+    }
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -185,16 +272,58 @@ def warm_start(name: str, seed: int, args, out: Path) -> str:
     return str(path)
 
 
-def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[dict]:
+def split_tasks(split: str, pool: int) -> list[dict]:
+    """The dev (even positions) or held-out (odd positions) half of a fixed pool of test-split tasks."""
+    from trl_sgcd.envs.offline_airline import make_tasks
+
+    tasks = make_tasks(pool, seed=7, split="test")
+    return tasks[0::2] if split == "dev" else tasks[1::2]
+
+
+def measure(model: str, reference: str, seed: int, split: str, args, run_dir: Path, variants: list[str]) -> dict:
+    """One run at learning rate 0 (or its dumps, when `run_dir` holds the same run), then the lifts of every option in
+    `variants` with the segmenter re-run on the dumped features."""
+    key = {
+        "model": model,
+        "reference": reference,
+        "seed": seed,
+        "split": split,
+        "tasks": args.tasks,
+        "steps": args.steps,
+        "max_completion_length": args.max_completion_length,
+    }
+    done = run_dir / "run.json"
+    run = json.loads(done.read_text()) if done.exists() else None
+    if run is None or run["key"] != key:
+        run = {"key": key, **train_and_dump(model, reference, seed, split, args, run_dir)}
+        done.write_text(json.dumps(run))
+    records = load_records(run_dir / "sgcd_credit")
+    for record in records:
+        record["_regions"] = _regions(record)
+    uniform = reference == "uniform"
+    weights = {v: variant_weights(records, v, run["noise_floor"], uniform) for v in variants}
+    trained = variant_weights(records, run["option"], run["noise_floor"], uniform)
+    pairs = (a - b for r, w in zip(records, trained, strict=True) for a, b in zip(r["weights"], w, strict=True))
+    return {
+        "variants": {v: rollout_lifts(records, w) for v, w in weights.items()},
+        "stages": run["stages"],
+        "counts": rollout_counts(records),
+        "trained_option": run["option"],
+        "max_weight_diff": max(map(abs, pairs), default=0.0),
+    }
+
+
+def train_and_dump(model: str, reference: str, seed: int, split: str, args, run_dir: Path) -> dict:
+    """Trains `args.steps` steps at learning rate 0 with the credit dumps on; returns the stage means and options."""
     from transformers import PrinterCallback
 
     from trl_sgcd import ContrastCreditReference, SGCDGRPOTrainer
-    from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
+    from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, dataset_from_tasks, offline_airline_reward
     from trl_sgcd.references import OracleCreditReference
     from trl_sgcd.warm_start import offline_airline_rl_config
 
     shutil.rmtree(run_dir / "sgcd_credit", ignore_errors=True)  # only this run's dumps are measured
-    dataset = make_dataset("train", n=256, seed=seed)
+    dataset = dataset_from_tasks(split_tasks(split, args.tasks)).shuffle(seed=seed)
     dataset = dataset.add_column("expert_action", [json.dumps(json.loads(t)["actions"]) for t in dataset["task"]])
     mode = {"sibling_context": "sibling_context", "uniform": "uniform"}.get(reference, "sgcd")
     config = offline_airline_rl_config(
@@ -206,6 +335,7 @@ def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[
         credit_log_steps=1,
         segment_noise_floor=args.noise_floor,
         segment_signed=args.signed,
+        segment_baseline=args.baseline,
         disable_tqdm=True,
         seed=seed,
     )
@@ -225,7 +355,11 @@ def measure(model: str, reference: str, seed: int, args, run_dir: Path) -> list[
     for key in STAGE_KEYS:
         values = [h[key] for h in logs if h.get(key) is not None]
         stages[key.removeprefix("sgcd/")] = statistics.fmean(values) if values else None
-    return rollout_lifts(run_dir / "sgcd_credit"), stages
+    return {
+        "stages": stages,
+        "option": args.baseline + ("+signed" if args.signed else ""),
+        "noise_floor": args.noise_floor,
+    }
 
 
 def plot(report: dict, path: Path) -> None:
@@ -274,18 +408,41 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    warm_starts, pooled_rows = [], {r: [] for r in args.references}
+    option = args.baseline + ("+signed" if args.signed else "")
+    variants = list(dict.fromkeys([option, *args.variants]))
+    warm_starts = []
     for w in range(args.warm_starts):
-        name, seed = f"warm{w}", 100 + w
+        name, seed, split = f"warm{w}", 100 + w, "dev" if w < args.dev else "held_out"
+        if args.split not in ("all", split):
+            continue
         model = warm_start(name, seed, args, out)
-        entry = {"name": name, "seed": seed, "split": "dev" if w < args.dev else "held_out", "references": {}}
+        entry = {"name": name, "seed": seed, "split": split, "references": {}}
         for reference in args.references:
-            variant = f"floor{args.noise_floor:g}" + ("-signed" if args.signed else "")
-            rows, stages = measure(model, reference, seed, args, out / name / variant / reference)
-            pooled_rows[reference].extend({**r, "warm_start": name} for r in rows)
-            entry["references"][reference] = {**summarize(rows), "stages": stages}
-            print(f"{name} {reference:16s} lift {entry['references'][reference]['lift']} {stages}", flush=True)
+            result = measure(model, reference, seed, split, args, out / name / reference, variants)
+            rows = result["variants"][option]
+            entry["references"][reference] = {
+                **summarize(rows),
+                "stages": result["stages"],
+                "counts": result["counts"],
+                "trained_option": result["trained_option"],
+                "max_weight_diff": result["max_weight_diff"],
+                "variants": {v: summarize(r) for v, r in result["variants"].items()},
+                "_rows": result["variants"],
+            }
+            print(
+                f"{name} {reference:16s} lift {entry['references'][reference]['lift']} {result['counts']}", flush=True
+            )
         warm_starts.append(entry)
+
+    def pooled(split: str | None) -> dict:
+        """Per reference and option: the rollouts of the split's warm starts pooled."""
+        chosen = [w for w in warm_starts if split is None or w["split"] == split]
+        return {
+            reference: {
+                v: summarize([r for w in chosen for r in w["references"][reference]["_rows"][v]]) for v in variants
+            }
+            for reference in args.references
+        }
 
     def across(split: str | None) -> dict:
         result = {}
@@ -298,21 +455,40 @@ def main(argv=None) -> dict:
             result[reference] = mean_ci(lifts)
         return result
 
+    by_split = {split: pooled(split) for split in ("dev", "held_out") if any(w["split"] == split for w in warm_starts)}
     report = {
         "config": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+        "option": option,
         "minutes": (time.perf_counter() - start) / 60,
-        "warm_starts": warm_starts,
-        "pooled": {r: summarize(rows) for r, rows in pooled_rows.items()},
+        "pooled": {r: by_split_all[option] for r, by_split_all in pooled(None).items()},
+        "pooled_variants": by_split,
         "across_warm_starts": {"dev": across("dev"), "held_out": across("held_out"), "all": across(None)},
     }
+    for entry in warm_starts:
+        for summary in entry["references"].values():
+            summary.pop("_rows")
+    report["warm_starts"] = warm_starts
     results = Path(args.results) if args.results else (out / "localization.json" if args.quick else None)
     if results is None:
         results = Path(__file__).resolve().parent.parent / "docs" / "results" / "localization.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=1))
     plot(report, results.with_suffix(".png"))
+    print(variant_table(report), flush=True)
     print(f"wrote {results} ({report['minutes']:.1f} min)", flush=True)
     return report
+
+
+def variant_table(report: dict) -> str:
+    """Lift before / on / after the first deviation (failed rollouts, pooled per split) for every option."""
+    lines = [f"{'split':9s} {'reference':16s} {'option':24s} {'n':>3s} {'before':>7s} {'on':>7s} {'after':>7s}"]
+    for split, refs in report["pooled_variants"].items():
+        for reference, options in refs.items():
+            for option, summary in options.items():
+                cells = [summary["failed"][region]["mean"] for region in REGIONS]
+                text = " ".join(f"{c:7.2f}" if c is not None else "      -" for c in cells)
+                lines.append(f"{split:9s} {reference:16s} {option:24s} {summary['failed_rollouts']:3d} {text}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

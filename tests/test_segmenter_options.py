@@ -94,9 +94,9 @@ def test_signed_segmenter_in_training_zeroes_disagreeing_divergence(tiny_model_p
         scores.append(original_score(*args, **kwargs))
         return scores[-1]
 
-    def weigh(batch, d, h, mask, any_reference):
+    def weigh(batch, d, h, mask, any_reference, *groups):
         seen.append((batch["advantages"].clone(), d.clone(), mask.clone()))
-        return original_weigh(batch, d, h, mask, any_reference)
+        return original_weigh(batch, d, h, mask, any_reference, *groups)
 
     trainer._score, trainer._weigh = score, weigh
     trainer.train()

@@ -80,9 +80,9 @@ def _spy_weights(trainer):
     calls = []
     original = trainer._weigh
 
-    def spy(batch, d, h, mask, any_reference):
+    def spy(batch, d, h, mask, any_reference, *groups):
         before = batch["advantages"].clone()
-        weights = original(batch, d, h, mask, any_reference)
+        weights = original(batch, d, h, mask, any_reference, *groups)
         calls.append((before, batch))
         return weights
 
@@ -522,8 +522,8 @@ def test_fused_student_pass_matches_the_separate_pass(
         weighed, loss_advantages = [], []
         weigh, compute = trainer._weigh, trainer._compute_loss
 
-        def spy_weigh(batch, d, h, mask, any_reference, weigh=weigh, weighed=weighed):
-            weights = weigh(batch, d, h, mask, any_reference)
+        def spy_weigh(batch, d, h, mask, any_reference, *groups, weigh=weigh, weighed=weighed):
+            weights = weigh(batch, d, h, mask, any_reference, *groups)
             weighed.append((d.clone(), h.clone(), weights.clone()))
             return weights
 

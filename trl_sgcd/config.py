@@ -7,7 +7,7 @@ from string import Formatter
 from trl import GRPOConfig
 
 from .credit.divergence import DIVERGENCES
-from .credit.segmenter import SegmenterConfig
+from .credit.segmenter import BASELINES, SegmenterConfig
 
 
 _SEGMENTER = SegmenterConfig()  # the one home of the segmenter defaults
@@ -129,6 +129,12 @@ class SGCDConfig(GRPOConfig):
             spike nor part of a span, so a rollout whose divergence is all noise keeps `W = 1`. The segmenter's z-score
             is scale-free; without a floor, a random-weight model (mean divergence ≈ 1.5e-4 nats, max ≈ 7e-4) still
             gets weights up to the cap. `0.0` is the paper's rule; `0.01` is far above such noise.
+        segment_baseline (`str`, *optional*, defaults to `"rollout"`):
+            What a divergence spike is measured against. `"rollout"` is the paper's rule (normalise within each
+            rollout). This package's own options: `"group"` pools the normalisation over the rollout's sibling group;
+            `"position"` subtracts, token by token, the other siblings' mean divergence at the aligned position (same
+            assistant turn and offset); `"success_position"` takes that mean over the siblings with `A > 0`. The group
+            options need the separate student pass, which they select, and see the siblings on the same process.
 
         > Sibling groups and dynamic sampling
 
@@ -246,6 +252,10 @@ class SGCDConfig(GRPOConfig):
         default=_SEGMENTER.noise_floor,
         metadata={"help": "Divergence (nats) below which a token never earns credit (0: paper's rule)."},
     )
+    segment_baseline: str = field(
+        default=_SEGMENTER.baseline,
+        metadata={"help": "What a divergence spike is measured against.", "choices": list(BASELINES)},
+    )
     success_threshold: float = field(
         default=1.0, metadata={"help": "A rollout succeeds when its total reward is >= this threshold."}
     )
@@ -301,6 +311,8 @@ class SGCDConfig(GRPOConfig):
             raise ValueError(f"credit_mode={self.credit_mode!r} is not one of {CREDIT_MODES}.")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence={self.divergence!r} is not one of {DIVERGENCES}.")
+        if self.segment_baseline not in BASELINES:
+            raise ValueError(f"segment_baseline={self.segment_baseline!r} is not one of {BASELINES}.")
         if self.reference_position not in REFERENCE_POSITIONS:
             raise ValueError(f"reference_position={self.reference_position!r} is not one of {REFERENCE_POSITIONS}.")
         if self.student_pass not in STUDENT_PASSES:
@@ -396,6 +408,11 @@ class SGCDConfig(GRPOConfig):
         return CREDIT_MODE_SPECS[self.credit_mode]
 
     @property
+    def segmenter_needs_batch(self) -> bool:
+        """Segmenter options that need the whole batch's features (signed, group baselines): no fused student pass."""
+        return self.segment_signed or self.segment_baseline != "rollout"
+
+    @property
     def segmenter(self) -> SegmenterConfig:
         """The segmenter thresholds as a `SegmenterConfig`."""
         return SegmenterConfig(
@@ -407,4 +424,5 @@ class SGCDConfig(GRPOConfig):
             max_selected_fraction=self.segment_max_fraction,
             min_spike_divergence=self.segment_min_divergence,
             noise_floor=self.segment_noise_floor,
+            baseline=self.segment_baseline,
         )

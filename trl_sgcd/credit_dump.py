@@ -3,7 +3,10 @@
 With `SGCDConfig(credit_log_steps=N)` the trainer writes one JSON line per rollout every `N` steps (`write_batch`);
 `trl-sgcd visualize`, the benchmarks and the tests read them back through `load_step` / `iter_records`. Each record
 holds `step`, `row`, `group`, `reward`, `success`, `advantage`, `sequence_advantage`, `metadata` (without the answer
-literals), `messages`, `tokens`, `weights`, `assistant_mask`, `credit_mask` and `reference`.
+literals), `messages`, `tokens`, `weights`, `assistant_mask`, `credit_mask` and `reference`; when the trainer
+passes its credit features, also the per-token `divergence` (unsigned, before any segmenter option), `entropy` (the
+teacher's) and, where scored, `log_ratio` (`log q_teacher(y_t) - log p_student(y_t)`), so the segmenter can be
+re-run on the same rollouts offline.
 """
 
 from __future__ import annotations
@@ -45,16 +48,23 @@ def write_batch(
     sequence_advantages: torch.Tensor,
     decode: Any,
     raw: bool = False,
+    features: Any = None,
 ) -> None:
     """Writes the credit of this process's rows of a batch to `path` (one JSON line per rollout).
 
     `decode` turns one token id list into text (the tokenizer's `decode`); `output` is TRL's batch dict, whose
     `advantages` are the credit-weighted ones. Records are masked by the sanitizer (`mask_credit_record`: messages,
-    metadata, reference and tokens) unless `raw` (`SGCDConfig.credit_dump_raw`).
+    metadata, reference and tokens) unless `raw` (`SGCDConfig.credit_dump_raw`). `features` (the scorer's
+    `CreditFeatures`) adds the per-token `divergence`, `entropy` and, when set, `log_ratio`.
     """
     sanitizer = None if raw else Sanitizer()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     advantages = output["advantages"]
+    per_token = {}
+    if features is not None and features.divergence is not None:
+        per_token = {"divergence": features.divergence, "entropy": features.entropy}
+        if features.teacher_logps is not None:
+            per_token["log_ratio"] = features.log_ratio
     with open(path, "w") as f:
         for i in range(output["completion_ids"].size(0)):
             row = rollouts.local_start + i
@@ -81,6 +91,7 @@ def write_batch(
                 "assistant_mask": loss_mask[i][:length].int().tolist(),
                 "credit_mask": credit_mask[i][:length].int().tolist(),
                 "reference": local_refs[i].text if local_refs[i] is not None else None,
+                **{name: value[i][:length].tolist() for name, value in per_token.items()},
             }
             if sanitizer is not None:
                 record = mask_credit_record(record, sanitizer)

@@ -265,13 +265,16 @@ class CreditScorer:
         features = torch.cat([cache[1].expand(len(rows), 1, -1), features[:, :-1, :]], dim=1)
         return features, tokens, cache
 
-    def _score(self, output, rollouts, local_refs, contexts, fused: bool = False) -> CreditFeatures:
+    def _score(
+        self, output, rollouts, local_refs, contexts, fused: bool = False, observed_logps: bool = False
+    ) -> CreditFeatures:
         """Teacher and student scoring passes over the local rows that have a teacher context.
 
         Rows are scored per unit of siblings sharing a prompt (see `_scoring_units`). Every rank runs the same number
         of forwards, padding with one-token forwards when it has less to score, so sharded models (ZeRO-3, FSDP) see
         matched collectives. With `fused` (and a streamable LM head) only the teacher pass runs, and the features hold
-        the teacher's top-K support for `_fused_credit` instead of the divergence (`CreditFeatures.fused`).
+        the teacher's top-K support for `_fused_credit` instead of the divergence (`CreditFeatures.fused`). With
+        `observed_logps` (a credit dump) the observed tokens' log-probabilities are kept too.
         """
         spec = self.args.credit_spec
         device = self.accelerator.device
@@ -322,7 +325,7 @@ class CreditScorer:
                 min(self.args.divergence_top_k, vocab),
                 device,
                 fused=fused,
-                observed_logps=spec.observed_logps or self.args.segment_signed,
+                observed_logps=spec.observed_logps or self.args.segment_signed or observed_logps,
                 sd_support=spec.aux_sd_loss,
             )
             passes = 1 if result.fused else 2

@@ -369,7 +369,8 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         with self._timed("provider"):
             contexts = self._teacher_contexts(rollouts)
         start, end = rollouts.local_start, rollouts.local_end
-        local_refs = [contexts[rollouts.group_of(r)] for r in range(start, end)]
+        groups = [rollouts.group_of(r) for r in range(start, end)]
+        local_refs = [contexts[g] for g in groups]
         completion_ids = output["completion_ids"]
         loss_mask = _loss_mask(output)
         has_ref = torch.tensor([r is not None for r in local_refs], dtype=torch.bool, device=device)
@@ -395,8 +396,8 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         dump = self.args.credit_log_steps > 0 and self.state.global_step % self.args.credit_log_steps == 0
         # Credit precision needs the weights here, so rows with an expert action take the separate student pass.
         expert = any(m.get("expert_action") for m in rollouts.metadata or [])  # global: every process gathers
-        fused = self._fuse_student and not dump and not expert and not self.args.segment_signed
-        scores = self._score(output, rollouts, local_refs, contexts, fused=fused)
+        fused = self._fuse_student and not dump and not expert and not self.args.segmenter_needs_batch
+        scores = self._score(output, rollouts, local_refs, contexts, fused=fused, observed_logps=dump)
         self._log_scoring(scores)
         if scores.fused:  # the student side and the weights come with TRL's loss forward
             output.update(
@@ -431,9 +432,9 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
                 any_reference=any_reference,
             )
         else:
-            weights = self._weigh(output, d, h, credit_mask, any_reference)
+            weights = self._weigh(output, d, h, credit_mask, any_reference, torch.tensor(groups))
         if dump:
-            self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask, advantages)
+            self._dump_credit_batch(output, rollouts, local_refs, weights, credit_mask, advantages, scores)
         if expert and spec.weights is not None:
             self._log_precision(output, rollouts, weights, credit_mask)
         return output
@@ -442,10 +443,12 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         """The one place the credit pipeline replaces TRL's advantages: `(B,)` becomes `(B, T)` (or stays `(B,)`)."""
         batch["advantages"] = advantages
 
-    def _weigh(self, batch, d, h, credit_mask, any_reference: bool) -> torch.Tensor:
-        """Saliency → bounded weights → `batch["advantages"] = A · W` (paper Eq. 3-4); returns `W`."""
+    def _weigh(self, batch, d, h, credit_mask, any_reference: bool, groups=None) -> torch.Tensor:
+        """Saliency → bounded weights → `batch["advantages"] = A · W` (paper Eq. 3-4); returns `W`. `groups`: `(B,)`
+        group ids, for the segmenter's group baselines."""
         with self._timed("credit_math"):
-            saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter)
+            siblings = dict(groups=groups, advantages=batch["advantages"], assistant_mask=_loss_mask(batch))
+            saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter, **siblings)
             raw = 1.0 + self.args.credit_gamma * saliency
             weights = credit_weights(saliency, self.args.credit_gamma, self.args.credit_cap)
             if self.args.credit_spec.weights == "uniform":
@@ -465,7 +468,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
 
     # ------------------------------------------------------------------ credit dump
 
-    def _dump_credit_batch(self, output, rollouts, local_refs, weights, credit_mask, sequence_advantages) -> None:
+    def _dump_credit_batch(self, output, rollouts, local_refs, weights, credit_mask, advantages, scores) -> None:
         """Writes the credit of this batch as JSON lines (for `trl-sgcd visualize`); contains the references."""
         write_batch(
             dump_path(self.args.output_dir, self.state.global_step, self.accelerator.process_index),
@@ -476,9 +479,10 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
             local_refs=local_refs,
             weights=weights,
             credit_mask=credit_mask,
-            sequence_advantages=sequence_advantages,
+            sequence_advantages=advantages,
             decode=self._tokenizer.decode,
             raw=self.args.credit_dump_raw,
+            features=scores,
         )
 
 

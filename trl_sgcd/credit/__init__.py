@@ -12,18 +12,30 @@ from .divergence import (
     teacher_topk,
 )
 from .importance import gspo_token_old_logps, sequence_log_ratio
-from .segmenter import SegmenterConfig, Span, robust_zscore, saliency_segments, signed_agreement
+from .segmenter import (
+    BASELINES,
+    SegmenterConfig,
+    Span,
+    aligned_positions,
+    position_baseline,
+    robust_zscore,
+    saliency_segments,
+    signed_agreement,
+)
 from .weights import credit_advantages, credit_weights, uniform_weights
 
 
 __all__ = [
+    "BASELINES",
     "DIVERGENCES",
     "SegmenterConfig",
     "Span",
+    "aligned_positions",
     "credit_advantages",
     "credit_weights",
     "gspo_token_old_logps",
     "observed_anchored_divergence",
+    "position_baseline",
     "project_to_support",
     "robust_zscore",
     "saliency_segments",
