@@ -107,9 +107,9 @@ def test_appworld_like_code_and_printed_python_dicts():
     assert isinstance(arguments, str) and "password='<MASKED:CREDENTIAL>'" in json.loads(arguments)["code"]
     assert clean.siblings[0].messages[1]["content"].startswith("[{'card_id': 81")
     assert clean.siblings[0].messages[2]["content"] == "Authorization: Bearer <MASKED:CREDENTIAL>"
-    # `access_token=token` passes a variable, but a value under a credential name is masked whatever it looks like.
-    assert "show_payment_cards(access_token=<MASKED:CREDENTIAL>)" in json.loads(arguments)["code"]
-    assert counts["payment"] == 2 and counts["account"] == 1 and counts["email"] == 1 and counts["credential"] == 3
+    # `access_token=token` passes a variable named like a credential: code, not a secret.
+    assert "show_payment_cards(access_token=token)" in json.loads(arguments)["code"]
+    assert counts["payment"] == 2 and counts["account"] == 1 and counts["email"] == 1 and counts["credential"] == 2
 
 
 def test_free_text_contact_data_cards_and_oracle_reports():

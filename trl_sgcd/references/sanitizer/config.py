@@ -9,7 +9,12 @@ from ...siblings import SiblingGroup
 
 @dataclass
 class SanitizerConfig:
-    """What the `Sanitizer` masks. Field names are matched case-insensitively after normalizing `-`/spaces to `_`.
+    """What the `Sanitizer` masks.
+
+    Field names are matched after normalizing them to snake case (`accessToken`, `Access-Token` and `access token`
+    are all `access_token`). A name whose trailing words form a listed name matches too (`new_password`,
+    `spotify_access_token`, `Your routing number`), except single-word oracle names (`answer`, `label`), which
+    match only whole (`final_answer` is not an oracle field).
 
     Args:
         credential_keys: field names whose values are credentials.
@@ -20,11 +25,19 @@ class SanitizerConfig:
         phone_keys: field names whose values are phone numbers (masked whatever their format).
         oracle_keys: field names of evaluator/oracle reports, gold actions and expected answers; the whole value
             (even a nested object) is replaced by one placeholder.
-        oracle_patterns: regexes for free-text evaluator reports; every match is masked.
+        oracle_key_prefixes: a field starting with one of these is an oracle field too (`gold_path`, `judge_score`).
+        oracle_tags: tag names whose `<tag>...</tag>` blocks are oracle reports (case-insensitive; attributes
+            allowed; an unclosed tag masks the rest of the text).
+        ignored_keys: field names never masked by name, although they end like a sensitive one (`page_token`).
+        oracle_patterns: extra regexes for free-text evaluator reports; every match is masked.
         payment_patterns: regexes for payment-method identifiers in free text.
         account_patterns: regexes for account identifiers in free text.
         extra_patterns: additional `category -> regexes`; a new category name adds a new placeholder type.
-        mask_credentials: mask API keys, bearer tokens, JWTs and private keys found in free text.
+        mask_credentials: mask API keys, bearer tokens, JWTs and private keys found in free text (detect-secrets'
+            regex plugins and a few more key formats).
+        entropy_limit: also mask runs of base64 characters (20+ long, mixing lower case, upper case and digits)
+            whose Shannon entropy reaches this many bits per character (detect-secrets' default, 4.5); `None`
+            turns it off. Hex strings (ids, hashes) are never masked for their entropy alone.
         mask_cards: mask Luhn-valid card numbers in free text.
         mask_ibans: mask mod-97-valid IBANs in free text.
         mask_emails: mask e-mail addresses in free text.
@@ -42,87 +55,187 @@ class SanitizerConfig:
         "password",
         "passwd",
         "pwd",
+        "pass",
+        "passphrase",
         "passcode",
         "secret",
         "client_secret",
+        "secret_key",
+        "secret_access_key",
+        "access_key",
         "api_key",
         "apikey",
+        "api_token",
         "token",
         "access_token",
         "refresh_token",
         "id_token",
         "auth_token",
         "session_token",
+        "bearer_token",
+        "csrf_token",
+        "auth",
         "authorization",
+        "proxy_authorization",
+        "credentials",
+        "cookie",
+        "set_cookie",
+        "session_id",
         "private_key",
         "otp",
         "pin",
         "cvv",
+        "cvv2",
         "cvc",
         "security_code",
+        "verification_code",
+        "mfa_code",
         "ssn",
+        "social_security_number",
+        "contrasena",
+        "contraseña",
     )
     credential_key_suffixes: tuple[str, ...] = (
         "_password",
         "_passwd",
+        "_passphrase",
         "_secret",
         "_api_key",
+        "_apikey",
         "_token",
         "_private_key",
+        "_secret_key",
+        "_access_key",
     )
     payment_keys: tuple[str, ...] = (
         "payment_id",
+        "payment_method",
         "payment_method_id",
         "card_number",
         "credit_card_number",
+        "credit_card",
+        "debit_card",
         "card_no",
+        "card_num",
+        "cc_number",
+        "pan",
         "last_four",
         "card_last_four",
         "expiration_date",
+        "expiry_date",
         "card_expiry",
     )
     account_keys: tuple[str, ...] = (
         "account_number",
         "account_no",
+        "account_num",
+        "acct_no",
+        "acct_number",
         "account_id",
         "bank_account",
+        "bank_account_number",
         "iban",
         "routing_number",
+        "routing_no",
+        "aba",
+        "aba_number",
         "sort_code",
+        "bsb",
         "swift",
+        "swift_code",
         "bic",
     )
-    email_keys: tuple[str, ...] = ("email", "email_address", "user_email")
-    phone_keys: tuple[str, ...] = ("phone", "phone_number", "mobile", "telephone")
+    email_keys: tuple[str, ...] = ("email", "e_mail", "email_address", "user_email", "mail")
+    phone_keys: tuple[str, ...] = (
+        "phone",
+        "phone_number",
+        "phone_no",
+        "mobile",
+        "mobile_number",
+        "cell",
+        "telephone",
+        "tel",
+        "fax",
+    )
     oracle_keys: tuple[str, ...] = (
+        "answer",
+        "answers",
+        "label",
+        "labels",
+        "gold",
+        "solution",
+        "solutions",
+        "rubric",
+        "rubrics",
         "evaluation",
         "evaluation_report",
+        "evaluation_result",
         "evaluator",
         "evaluator_report",
         "eval_report",
+        "eval_result",
         "reward_info",
+        "judge_feedback",
+        "grader_feedback",
         "gold_actions",
         "gold_action",
         "gold_answer",
+        "correct_answer",
+        "correct_answers",
+        "correct_output",
+        "correct_solution",
         "expected_actions",
         "expected_answer",
         "expected_output",
+        "expected_result",
+        "expected_solution",
         "ground_truth",
+        "groundtruth",
+        "possible_answer",
         "oracle",
         "oracle_report",
         "answer_key",
         "reference_answer",
+        "reference_solution",
     )
-    oracle_patterns: tuple[str, ...] = (
-        r"(?is)<(evaluation|evaluator_report|oracle|gold_actions?|expected_answer|ground_truth)\b[^>]*>.*?</\1\s*>",
-        r"(?im)^[ \t]*(?:evaluator|evaluation|oracle|grader)(?:[ \t]+(?:report|result|feedback|verdict))?[ \t]*:.*$",
-        r"(?im)^[ \t]*(?:gold|expected|correct)[ \t_]+(?:actions?|answers?|outputs?|solutions?)[ \t]*:.*$",
-        r"(?im)^[ \t]*ground[ \t_-]*truth[ \t]*:.*$",
+    oracle_key_prefixes: tuple[str, ...] = ("gold_", "oracle_", "judge_", "grader_", "evaluator_", "ground_truth_")
+    oracle_tags: tuple[str, ...] = (
+        "gold",
+        "answer",
+        "solution",
+        "label",
+        "rubric",
+        "evaluation",
+        "evaluator_report",
+        "oracle",
+        "gold_actions",
+        "gold_action",
+        "gold_answer",
+        "expected_answer",
+        "expected_output",
+        "correct_answer",
+        "reference_answer",
+        "ground_truth",
+        "judge_feedback",
     )
+    ignored_keys: tuple[str, ...] = (
+        "boarding_pass",
+        "page_token",
+        "next_page_token",
+        "pagination_token",
+        "continuation_token",
+        "next_token",
+        "max_tokens",
+        "token_type",
+        "token_count",
+        "e_mail_verified",
+    )
+    oracle_patterns: tuple[str, ...] = ()
     payment_patterns: tuple[str, ...] = (r"\b(?:credit_card|debit_card|gift_card|certificate|bank_account)_\d{3,}\b",)
     account_patterns: tuple[str, ...] = ()
     extra_patterns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     mask_credentials: bool = True
+    entropy_limit: float | None = 4.5
     mask_cards: bool = True
     mask_ibans: bool = True
     mask_emails: bool = True

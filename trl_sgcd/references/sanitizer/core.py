@@ -8,30 +8,35 @@ from typing import Any
 
 from ...siblings import Sibling, SiblingGroup
 from .config import SanitizedGroup, SanitizerConfig
-from .rules import (
-    _API_KEY_RE,
-    _AUTH_SCHEMES,
+from .detectors import (
     _BEARER_RE,
-    _CARD_RE,
-    _DIGIT_RE,
-    _EMAIL_RE,
-    _IBAN_RE,
-    _KEYED_RE,
-    _NON_DIGIT_RE,
-    _NON_VALUES,
-    _PHONE_RES,
-    _PROTECTED_MESSAGE_KEYS,
     _URL_CREDENTIALS_RE,
+    CARD_RES,
+    EMAIL_RE,
+    IBAN_RE,
+    PHONE_RES,
+    credential_spans,
+    has_digit,
+    is_card,
+    is_iban,
+    replace_spans,
+)
+from .keyed import mask_keyed, mask_tags
+from .literals import LiteralMatcher
+from .rules import (
+    _NON_VALUES,
+    _PROTECTED_MESSAGE_KEYS,
     CATEGORIES,
     PLACEHOLDER_RE,
     _Context,
-    _literal_regex,
     _norm_key,
     _parse_container,
-    _value_end,
-    iban_valid,
-    luhn_valid,
+    key_words,
 )
+
+
+_PROSE_ROLES = frozenset({"assistant", "user"})
+_TOOL_CALL_KEYS = frozenset({"id", "type", "name"})
 
 
 class Sanitizer:
@@ -62,11 +67,17 @@ class Sanitizer:
             for key in keys:
                 self._key_category[_norm_key(key)] = category
         self._credential_suffixes = tuple(_norm_key(s.lstrip("_")) for s in cfg.credential_key_suffixes)
+        self._oracle_prefixes = tuple(_norm_key(p) + "_" * p.endswith("_") for p in cfg.oracle_key_prefixes)
+        self._ignored = frozenset(_norm_key(k) for k in cfg.ignored_keys)
+        # Last words of multi-word names (`number` for `routing_number`), and single-word oracle names (so that
+        # `Final answer:` is read whole): free text looks at the words before such a key.
+        self.multiword_tails = frozenset(
+            k.rsplit("_", 1)[-1] for k, c in self._key_category.items() if "_" in k or c == "oracle"
+        )
+        self._placeholders = {c: self.placeholder(c) for c in CATEGORIES}
         self._key_memo: dict[str, str | None] = {}  # field names repeat across messages and siblings
         self._oracle_res = [re.compile(p) for p in cfg.oracle_patterns]
         self._pattern_rules: list[tuple[str, re.Pattern[str]]] = []
-        if cfg.mask_credentials:
-            self._pattern_rules.append(("credential", _API_KEY_RE))
         self._pattern_rules += [("payment", re.compile(p)) for p in cfg.payment_patterns]
         self._pattern_rules += [("account", re.compile(p)) for p in cfg.account_patterns]
         for category, patterns in cfg.extra_patterns.items():
@@ -84,7 +95,7 @@ class Sanitizer:
         cfg = self.config
         metadata = dict(group.metadata or {})
         metadata.pop(cfg.answer_literals_key, None)  # never forwarded: the sanitized group must not carry the answers
-        ctx = _Context(_literal_regex(self.answer_literals(group)))
+        ctx = _Context(LiteralMatcher.build(self.answer_literals(group)))
         prompt = (
             self._mask_string(group.prompt, ctx)
             if isinstance(group.prompt, str)
@@ -100,12 +111,12 @@ class Sanitizer:
 
     def sanitize_text(self, text: str, literals: Iterable[Any] = ()) -> tuple[str, dict[str, int]]:
         """Masks one string (JSON-aware); `literals` are treated as answer literals."""
-        ctx = _Context(_literal_regex(literals))
+        ctx = _Context(LiteralMatcher.build(literals))
         return self._mask_string(text, ctx), self._counts(ctx)
 
     def sanitize_messages(self, messages: list[dict[str, Any]], literals: Iterable[Any] = ()) -> list[dict[str, Any]]:
         """Returns a masked copy of a list of chat messages."""
-        return self._mask_messages(messages, _Context(_literal_regex(literals)))
+        return self._mask_messages(messages, _Context(LiteralMatcher.build(literals)))
 
     def answer_literals(self, group: SiblingGroup) -> list[str]:
         """The answer-bearing literals the benchmark adapter declared for `group` (a string or a list of values)."""
@@ -145,16 +156,30 @@ class Sanitizer:
         ctx.hits.append((category, value))
         if value is not None:
             ctx.values.append((category, value))
-        return self.placeholder(category)
+        placeholder = self._placeholders.get(category)
+        return placeholder if placeholder is not None else self.placeholder(category)
 
     def category_of_key(self, key: str) -> str | None:
         """The category of a field name, or `None` when its values are not masked by name."""
         if key in self._key_memo:
             return self._key_memo[key]
-        norm = _norm_key(key)
-        category = self._key_category.get(norm)
-        if category is None and any(norm.endswith("_" + s) for s in self._credential_suffixes):
-            category = "credential"
+        words = key_words(key)
+        norm = "_".join(words)
+        category = None
+        if norm not in self._ignored:
+            category = self._key_category.get(norm)
+            if category is None and norm.startswith(self._oracle_prefixes):
+                category = "oracle"
+            for i in range(1, len(words) if category is None else 0):
+                suffix = "_".join(words[i:])
+                if suffix in self._ignored:
+                    break
+                found = self._key_category.get(suffix)
+                if found is not None and not (found == "oracle" and "_" not in suffix):
+                    category = found  # `new_password`, `Your routing number`; not `final_answer`
+                    break
+            if category is None and any(norm.endswith("_" + s) for s in self._credential_suffixes):
+                category = "credential"
         if len(self._key_memo) < 65_536:
             self._key_memo[key] = category
         return category
@@ -166,26 +191,33 @@ class Sanitizer:
                 out.append(self._mask_obj(message, ctx))
                 continue
             clean = {}
+            prose = message.get("role") in _PROSE_ROLES
             for key, value in message.items():
                 if key in _PROTECTED_MESSAGE_KEYS:
                     clean[key] = value
-                elif key == "tool_calls" and isinstance(value, list):
-                    clean[key] = [self._mask_tool_call(call, ctx) for call in value]
+                elif key in ("tool_calls", "function_call"):
+                    calls = value if isinstance(value, list) else [value]
+                    masked = [self._mask_tool_call(call, ctx) for call in calls]
+                    clean[key] = masked if isinstance(value, list) else masked[0]
                 else:
+                    ctx.prose = prose and key == "content"
                     clean[key] = self._mask_obj(value, ctx)
+                    ctx.prose = False
             out.append(clean)
         return out
 
     def _mask_tool_call(self, call: Any, ctx: _Context) -> Any:
+        """Masks a tool call in the function-style (`{"function": {"name", "arguments"}}`) or flat form."""
         if not isinstance(call, dict):
             return self._mask_obj(call, ctx)
-        clean = dict(call)
-        function = call.get("function")
-        if isinstance(function, dict):
-            function = dict(function)
-            if "arguments" in function:
-                function["arguments"] = self._mask_obj(function["arguments"], ctx)
-            clean["function"] = function
+        clean = {}
+        for key, value in call.items():
+            if key in _TOOL_CALL_KEYS and isinstance(value, str):
+                clean[key] = value
+            elif key == "function" and isinstance(value, dict):
+                clean[key] = self._mask_tool_call(value, ctx)
+            else:
+                clean[key] = self._mask_obj(value, ctx)
         return clean
 
     def _mask_value(self, value: Any, category: str, ctx: _Context) -> Any:
@@ -245,11 +277,11 @@ class Sanitizer:
         """Masks free text with the regex rules (oracle reports first, contact data last)."""
         if not text:
             return text
-        memo = ctx.memo.get(text)
+        memo = ctx.memo.get((text, ctx.prose))
         if memo is None:
             hits_before = len(ctx.hits)
             masked = self._mask_text_rules(text, ctx)
-            memo = ctx.memo[text] = (masked, ctx.hits[hits_before:])
+            memo = ctx.memo[(text, ctx.prose)] = (masked, ctx.hits[hits_before:])
         else:
             for category, value in memo[1]:
                 self._hit(ctx, category, value)
@@ -259,84 +291,34 @@ class Sanitizer:
         cfg = self.config
         for regex in self._oracle_res:
             text = regex.sub(lambda m: self._hit(ctx, "oracle", None), text)
-        if ctx.literal_re is not None:
-            text = ctx.literal_re.sub(lambda m: self._hit(ctx, "answer", m.group(0)), text)
+        text = mask_tags(self, text, ctx)
+        if ctx.literals is not None:
+            text = ctx.literals.sub(text, lambda v: self._hit(ctx, "answer", v))
+        if cfg.mask_credentials and "://" in text:
+            text = _URL_CREDENTIALS_RE.sub(
+                lambda m: m.group(1) + self._hit(ctx, "credential", m.group(2)) + m.group(3), text
+            )
+        text = mask_keyed(self, text, ctx)
         if cfg.mask_credentials:
+            spans = credential_spans(text, cfg.entropy_limit, aws_secrets=True)
+            text = replace_spans(text, spans, lambda v: self._hit(ctx, "credential", v))
             text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + self._hit(ctx, "credential", m.group(3)), text)
-            if "://" in text:
-                text = _URL_CREDENTIALS_RE.sub(
-                    lambda m: m.group(1) + self._hit(ctx, "credential", m.group(2)) + m.group(3), text
-                )
-        text = self._mask_keyed_text(text, ctx)
         for category, regex in self._pattern_rules:
             text = regex.sub(lambda m, c=category: self._hit(ctx, c, m.group(0)), text)
         if cfg.mask_emails and "@" in text:
-            text = _EMAIL_RE.sub(lambda m: self._hit(ctx, "email", m.group(0)), text)
-        if not _DIGIT_RE.search(text):  # the remaining rules all need digits
+            text = EMAIL_RE.sub(lambda m: self._hit(ctx, "email", m.group(0)), text)
+        if not has_digit(text):  # the remaining rules all need digits
             return text
         if cfg.mask_cards:
-            text = _CARD_RE.sub(lambda m: self._card(m.group(0), ctx), text)
+            for regex in CARD_RES:
+                text = regex.sub(
+                    lambda m: self._hit(ctx, "payment", m.group(0)) if is_card(m.group(0)) else m.group(0), text
+                )
         if cfg.mask_ibans:
-            text = _IBAN_RE.sub(
-                lambda m: self._hit(ctx, "account", m.group(0)) if iban_valid(m.group(0)) else m.group(0), text
+            text = IBAN_RE.sub(
+                lambda m: self._hit(ctx, "account", m.group(0)) if is_iban(m.group(0)) else m.group(0), text
             )
         if cfg.mask_phones:
-            for regex in _PHONE_RES:
+            for regex in PHONE_RES:
                 text = regex.sub(lambda m: self._hit(ctx, "phone", m.group(0)), text)
         return text
-
-    def _card(self, match: str, ctx: _Context) -> str:
-        digits = _NON_DIGIT_RE.sub("", match)
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return self._hit(ctx, "payment", match)
-        return match
-
-    def _mask_keyed_text(self, text: str, ctx: _Context) -> str:
-        """Masks `key: value` / `key=value` pairs whose key names a sensitive field, in unparsed text."""
-        if ":" not in text and "=" not in text:
-            return text
-        out = []
-        pos = 0
-        # Every scan below either advances `pos` past what it read or is a bare-token scan whose end is remembered,
-        # so hostile input (`"payment_id={" * N`, `"token=" * N + "("`) is masked in linear time.
-        bare = (-1, -1)
-        skip = 0  # end of a bare `name(` call already passed over
-        for match in _KEYED_RE.finditer(text):
-            if match.start() < max(pos, skip):
-                continue
-            category = self.category_of_key(match.group("key"))
-            if category is None:
-                continue
-            start = match.end()
-            if start < len(text) and text[start] in "[{" and category not in ("oracle", "credential"):
-                continue  # a structure under e.g. `payment_id`: the regex rules below still see its contents
-            if bare[0] <= start < bare[1]:
-                end = bare[1]  # inside a bare token already scanned: same end
-            else:
-                end = _value_end(text, start)
-                if start < len(text) and text[start] not in "\"'[{":
-                    bare = (start, end)
-            raw = text[start:end]
-            if end <= start:
-                continue
-            inner_start, inner_end = start, end
-            if raw[0] in "\"'" and len(raw) >= 2 and raw[-1] == raw[0]:
-                inner_start, inner_end = start + 1, end - 1
-            value = text[inner_start:inner_end]
-            if value.strip().lower() in _NON_VALUES or PLACEHOLDER_RE.fullmatch(value.strip()):
-                continue
-            if raw[0] not in "\"'[{":
-                if value.lower() in _AUTH_SCHEMES and text[end : end + 1].isspace():
-                    continue  # `Authorization: Bearer <token>`: the token itself is masked by the bearer rule
-                if text[end : end + 1] == "(":
-                    skip = end
-                    continue  # `token = apis.login(...)`: code assigning a call's result, not a literal
-            whole = raw[0] in "[{"
-            recorded = None if whole or len(value) > self.config.max_literal_chars else value
-            out.append(text[pos:inner_start])
-            out.append(self._hit(ctx, category, recorded))
-            pos = inner_end
-        if not out:
-            return text
-        out.append(text[pos:])
-        return "".join(out)
