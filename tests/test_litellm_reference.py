@@ -246,7 +246,7 @@ def test_cache_skips_http_and_ignores_corrupt_entries(server, tmp_path):
     metrics = third.pop_metrics()
     assert metrics["http_calls"] == 2 and metrics["cache_hits"] == 2 and metrics["cache_errors"] == 2
     assert server.request_count == 6
-    assert json.loads(files[0].read_text())["reply"] == VALID_REFERENCE
+    assert json.loads(files[0].read_text())["reference"] == refs[0].text
 
     # Different evidence is a different key.
     other = _provider(server, cache_dir=tmp_path)
@@ -283,7 +283,7 @@ def test_cache_writes_are_atomic_across_processes(tmp_path, monkeypatch):
     while any(w.is_alive() for w in workers):
         record = cache.get(key)
         if record is not None:
-            assert record["reply"].startswith("reply ") and len(record["reply"]) > 20_000
+            assert record["reference"].startswith("reply ") and len(record["reference"]) > 20_000
             seen += 1
     for w in workers:
         w.join(timeout=30)

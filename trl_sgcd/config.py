@@ -156,9 +156,13 @@ class SGCDConfig(GRPOConfig):
         provider_max_concurrency (`int`, *optional*, defaults to `16`):
             Maximum number of provider calls in flight during one step.
         provider_timeout (`float`, *optional*, defaults to `600.0`):
-            Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`). A safety net above
-            the provider's own timeouts, retries and queueing (`LiteLLMCreditReference`: 60 s per attempt, 3
-            retries, at most 8 calls in flight); lower it together with those.
+            Seconds after which a provider call counts as failed (its group trains with `W ≡ 1`), counted from when the
+            call gets one of the `provider_max_concurrency` slots. The provider stage of a step (each dynamic-sampling
+            round's, with prefetching) also has one deadline, `provider_timeout × ceil(groups /
+            provider_max_concurrency)` seconds, kept by the training thread even if a provider blocks the event loop:
+            groups not done by then train with `W ≡ 1` and count as timeouts. A safety net above the provider's own
+            timeouts, retries and queueing (`LiteLLMCreditReference`: 60 s per attempt, 3 retries, at most 8 calls in
+            flight); lower it together with those.
         prefetch_references (`bool`, *optional*, defaults to `True`):
             With dynamic sampling, start each round's provider calls as soon as its mixed groups are known, so they
             run while the next rounds generate. Without dynamic sampling there is nothing to overlap with (TRL

@@ -327,13 +327,14 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
                 "provider/timeouts": outcome.timeouts,
                 "provider/errors": outcome.errors,
                 "provider/empty": outcome.empty,
+                "provider/loop_restarts": outcome.loop_restarts,
                 "provider/latency_s": outcome.latency_s,
                 **{f"provider_metrics/{k}": float(v) for k, v in extra.items()},
             }
             payload = [contexts, stats]
         broadcast_object_list(payload, from_process=0)
         contexts, stats = payload
-        for key in ("calls", "failures", "timeouts", "errors", "empty"):
+        for key in ("calls", "failures", "timeouts", "errors", "empty", "loop_restarts"):
             self._totals[key] += stats[f"provider/{key}"]
             self._log(f"provider/{key}_total", self._totals[key])
         for key, value in stats.items():

@@ -18,7 +18,9 @@ from .base import (
     aresolve_references,
     as_provider,
     resolve_references,
+    run_blocking,
     run_sync,
+    stage_deadline,
 )
 from .cache import ReferenceCache, cache_key
 from .contrast import ContrastCreditReference, SiblingContextReference
@@ -85,7 +87,9 @@ __all__ = [
     "parse_credit_reference",
     "render_sibling",
     "resolve_references",
+    "run_blocking",
     "run_sync",
     "select_siblings",
+    "stage_deadline",
     "tool_sequence",
 ]

@@ -1,28 +1,40 @@
 """The credit-reference provider interface and the concurrent, fault-tolerant call path the trainer uses.
 
 A provider turns one mixed `SiblingGroup` into a `CreditReference`. Providers are async so a step's calls run
-concurrently; a plain sync or async callable is wrapped by `as_provider`. Every failure mode (exception, timeout,
-empty or malformed output) becomes `None` for that group, which the trainer trains with `W = 1` (plain GRPO), and is
-counted in `ProviderOutcome`.
+concurrently; a plain sync or async callable is wrapped by `as_provider`. Every failure mode (any exception, a
+timeout, empty or malformed output) becomes `None` for that group, which the trainer trains with `W = 1` (plain GRPO),
+and is counted in `ProviderOutcome`. `KeyboardInterrupt` is the one exception that stops training.
+
+`resolve_references` gives the whole stage one deadline, kept by the calling thread: it returns on time even when a
+provider blocks the event loop, and a loop that stays blocked (or whose thread died) is replaced before the next stage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
 import inspect
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..siblings import CreditReference, SiblingGroup
+from .keys import known_keys, scrub_keys
 
 
 T = TypeVar("T")
 ProviderReturn = CreditReference | str | None
+PROBE_S = 1.0  # the longest a stage waits for the provider loop to answer before it replaces the loop
+_GRACE_S = 0.1  # how long cancelled calls get to unwind; the caller waits twice that past the deadline for the report
+_DRAIN_S = 1.0  # how long a retired loop lets its cancelled tasks unwind before it closes
+_PENDING = object()
 
 
 class CreditReferenceError(RuntimeError):
@@ -43,7 +55,7 @@ class CreditReferenceProvider:
         raise NotImplementedError
 
     async def abuild_many(self, groups: Sequence[SiblingGroup]) -> list[ProviderReturn | BaseException]:
-        return await asyncio.gather(*(self.abuild(g) for g in groups), return_exceptions=True)
+        return await asyncio.gather(*(_capture(functools.partial(self.abuild, g)) for g in groups))
 
     @property
     def batches_natively(self) -> bool:
@@ -70,7 +82,7 @@ class CallableCreditReference(CreditReferenceProvider):
         if self._is_async:
             return await self.fn(group)
         # Sync callables may block (HTTP, disk): run them off the event loop so groups still overlap.
-        result = await asyncio.to_thread(self.fn, group)
+        result = await run_blocking(self.fn, group)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -88,9 +100,63 @@ def as_provider(obj: Any) -> CreditReferenceProvider:
     )
 
 
+async def run_blocking(fn: Callable[..., T], /, *args: Any) -> T:
+    """Runs `fn(*args)` on a new daemon thread and awaits it without blocking the event loop.
+
+    Unlike `asyncio.to_thread` (a pool of threads the interpreter joins at exit), a call that never returns holds
+    neither a pool slot nor the interpreter's exit. A call whose awaiter gave up (a timeout) finishes in the background
+    and its result is dropped. Whatever it raises, `SystemExit` included, is raised here, in the awaiting coroutine.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome = (True, context.run(fn, *args))
+        except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile (retired): nobody is waiting
+            loop.call_soon_threadsafe(_deliver, future, *outcome)
+
+    threading.Thread(target=target, name="sgcd-provider-sync", daemon=True).start()
+    return await future
+
+
+def _deliver(future: asyncio.Future, ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:  # a future cannot hold StopIteration
+        future.set_exception(RuntimeError(repr(value)) if isinstance(value, StopIteration) else value)
+
+
+class Tally:
+    """Per-step counters that worker threads may update: `add` and `pop` (read and reset) hold a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, key: str, value: float = 1.0) -> None:
+        with self._lock:
+            self._counts[key] += value
+
+    def pop(self) -> dict[str, float]:
+        with self._lock:
+            counts = {k: float(v) for k, v in self._counts.items()}
+            self._counts.clear()
+        return counts
+
+
 @dataclass
 class ProviderOutcome:
-    """References for a list of groups plus the counters the trainer logs."""
+    """References for a list of groups plus the counters the trainer logs.
+
+    `loop_restarts` counts provider event loops this stage replaced because they no longer answered (a provider
+    blocked the loop past a deadline, or a `BaseException` ended its thread).
+    """
 
     references: list[CreditReference | None]
     calls: int = 0
@@ -98,6 +164,7 @@ class ProviderOutcome:
     timeouts: int = 0
     errors: int = 0
     empty: int = 0
+    loop_restarts: int = 0
     latency_s: float = 0.0
     error_messages: list[str] = field(default_factory=list)
 
@@ -111,14 +178,172 @@ class ProviderOutcome:
             timeouts=sum(o.timeouts for o in outcomes),
             errors=sum(o.errors for o in outcomes),
             empty=sum(o.empty for o in outcomes),
+            loop_restarts=sum(o.loop_restarts for o in outcomes),
             latency_s=max((o.latency_s for o in outcomes), default=0.0),
             error_messages=[m for o in outcomes for m in o.error_messages],
         )
 
 
-async def _bounded(coro: Awaitable[T], sem: asyncio.Semaphore, timeout: float | None) -> T:
-    async with sem:
-        return await asyncio.wait_for(coro, timeout=timeout)
+def stage_deadline(groups: int, max_concurrency: int, timeout: float | None) -> float | None:
+    """Seconds the provider stage may take: `timeout × ceil(groups / max_concurrency)` (`None` for no deadline)."""
+    if timeout is None:
+        return None
+    return timeout * max(1, -(-groups // max(1, max_concurrency)))
+
+
+def error_message(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` of a provider failure, safe to log: API-key values and what the sanitizer masks are removed."""
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break the accounting
+        text = type(exc).__name__
+    text, _ = scrub_keys(text, known_keys())
+    text, _ = _error_sanitizer().sanitize_text(text[:2_000])
+    return text[:limit]
+
+
+@functools.lru_cache(maxsize=1)
+def _error_sanitizer() -> Any:
+    from .sanitizer import Sanitizer  # the sanitizer's providers module imports this one
+
+    return Sanitizer()
+
+
+class _Stage:
+    """One stage's per-group results: filled on the provider loop, read once by whoever ends the stage."""
+
+    def __init__(self, groups: int):
+        self.results: list[Any] = [_PENDING] * groups
+        self.stopping = False  # set when the stage cancels its calls (its own cancellations are not provider errors)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, index: int, value: Any) -> None:
+        with self._lock:
+            if not self._closed:
+                self.results[index] = value
+
+    def close(self) -> list[Any]:
+        """The results as they are now; later ones are ignored."""
+        with self._lock:
+            self._closed = True
+            return list(self.results)
+
+
+async def _capture(make: Callable[[], Any]) -> Any:
+    """What `await make()` returns, or whatever `BaseException` it raises (returned, so it never reaches the loop)."""
+    try:
+        return await make()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, GeneratorExit, ... are one group's failure
+        return exc
+
+
+async def _settle(make: Callable[[], Any], timeout: float | None, stage: _Stage) -> Any:
+    """`_capture` bounded by `timeout`; a timeout or a provider's own `CancelledError` is returned too."""
+    try:
+        return await asyncio.wait_for(_capture(make), timeout=timeout)
+    except asyncio.TimeoutError as exc:
+        return exc
+    except asyncio.CancelledError as exc:
+        if stage.stopping:
+            raise
+        return exc
+
+
+async def _run_stage(
+    provider: CreditReferenceProvider,
+    groups: Sequence[SiblingGroup],
+    max_concurrency: int,
+    timeout: float | None,
+    deadline: float | None,
+    stage: _Stage,
+) -> None:
+    """Fills `stage` with one result per group; returns at `deadline`, or as soon as a group raises KeyboardInterrupt."""
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    left = len(groups)
+
+    def settle(index: int, value: Any) -> None:
+        nonlocal left
+        stage.put(index, value)
+        left -= 1
+        if (left == 0 or isinstance(value, KeyboardInterrupt)) and not finished.done():
+            finished.set_result(None)
+
+    async def batch() -> None:
+        values = await _settle(lambda: provider.abuild_many(groups), None, stage)
+        if isinstance(values, BaseException):
+            values = [values] * len(groups)
+        elif not isinstance(values, (list, tuple)) or len(values) != len(groups):
+            error = CreditReferenceError(f"abuild_many returned {type(values).__name__}, not {len(groups)} results")
+            values = [error] * len(groups)
+        for index, value in enumerate(values):
+            settle(index, value)
+
+    semaphore = asyncio.Semaphore(max(1, max_concurrency))
+
+    async def one(index: int) -> None:
+        async with semaphore:
+            value = await _settle(functools.partial(provider.abuild, groups[index]), timeout, stage)
+        settle(index, value)
+
+    if provider.batches_natively:  # bound the batch as a whole, by the stage deadline
+        tasks = [loop.create_task(batch())]
+    else:
+        tasks = [loop.create_task(one(i)) for i in range(len(groups))]
+    try:
+        await asyncio.wait([finished], timeout=deadline)
+    finally:
+        stage.stopping = True
+        for task in tasks:
+            task.cancel()
+    await asyncio.wait(tasks, timeout=_GRACE_S)  # cancelled calls unwind (providers count them) before the report
+
+
+def _finish(stage: _Stage, start: float, deadline: float | None, loop_restarts: int) -> ProviderOutcome:
+    """The outcome of a stage: groups still running count as timeouts; a KeyboardInterrupt is re-raised."""
+    results = stage.close()
+    for result in results:
+        if isinstance(result, KeyboardInterrupt):
+            raise result
+    outcome = ProviderOutcome(
+        references=[None] * len(results),
+        calls=len(results),
+        loop_restarts=loop_restarts,
+        latency_s=time.perf_counter() - start,
+    )
+    late = 0
+    for i, result in enumerate(results):
+        if result is _PENDING:
+            late += 1
+            outcome.failures += 1
+            outcome.timeouts += 1
+            continue
+        if isinstance(result, BaseException):
+            outcome.failures += 1
+            if isinstance(result, (asyncio.TimeoutError, TimeoutError)):
+                outcome.timeouts += 1
+            else:
+                outcome.errors += 1
+            outcome.error_messages.append(error_message(result))
+            continue
+        try:
+            ref = CreditReference.coerce(result)
+        except TypeError as exc:
+            outcome.failures += 1
+            outcome.errors += 1
+            outcome.error_messages.append(error_message(exc))
+            continue
+        if ref is None:
+            outcome.failures += 1
+            outcome.empty += 1
+            continue
+        outcome.references[i] = ref
+    if late:
+        outcome.error_messages.append(f"TimeoutError: {late} group(s) not done by the stage deadline ({deadline:g} s)")
+    return outcome
 
 
 async def aresolve_references(
@@ -127,50 +352,14 @@ async def aresolve_references(
     max_concurrency: int = 16,
     timeout: float | None = 120.0,
 ) -> ProviderOutcome:
-    """Calls `provider` once per group, at most `max_concurrency` at a time, each bounded by `timeout` seconds."""
-    outcome = ProviderOutcome(references=[None] * len(groups), calls=len(groups))
-    if not groups:
-        return outcome
-    sem = asyncio.Semaphore(max(1, max_concurrency))
+    """`resolve_references` on the caller's own event loop: same calls, deadline and counters, but the deadline holds
+    only while that loop is responsive (a provider that blocks it blocks the caller too)."""
     start = time.perf_counter()
-    if provider.batches_natively:
-        # The provider batches natively; bound the whole batch instead of each call.
-        total_timeout = None if timeout is None else timeout * max(1, -(-len(groups) // max(1, max_concurrency)))
-        try:
-            results = await asyncio.wait_for(provider.abuild_many(groups), timeout=total_timeout)
-        except BaseException as exc:  # noqa: BLE001 - every provider failure degrades to W = 1
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            results = [exc] * len(groups)
-    else:
-        results = await asyncio.gather(
-            *(_bounded(provider.abuild(g), sem, timeout) for g in groups), return_exceptions=True
-        )
-    outcome.latency_s = time.perf_counter() - start
-    for i, result in enumerate(results):
-        if isinstance(result, (KeyboardInterrupt, SystemExit)):
-            raise result
-        if isinstance(result, BaseException):
-            outcome.failures += 1
-            if isinstance(result, (asyncio.TimeoutError, TimeoutError)):
-                outcome.timeouts += 1
-            else:
-                outcome.errors += 1
-            outcome.error_messages.append(f"{type(result).__name__}: {result}"[:300])
-            continue
-        try:
-            ref = CreditReference.coerce(result)
-        except TypeError as exc:
-            outcome.failures += 1
-            outcome.errors += 1
-            outcome.error_messages.append(str(exc)[:300])
-            continue
-        if ref is None:
-            outcome.failures += 1
-            outcome.empty += 1
-            continue
-        outcome.references[i] = ref
-    return outcome
+    deadline = stage_deadline(len(groups), max_concurrency, timeout)
+    stage = _Stage(len(groups))
+    if groups:
+        await _run_stage(provider, groups, max_concurrency, timeout, deadline, stage)
+    return _finish(stage, start, deadline, 0)
 
 
 def resolve_references(
@@ -179,8 +368,36 @@ def resolve_references(
     max_concurrency: int = 16,
     timeout: float | None = 120.0,
 ) -> ProviderOutcome:
-    """Synchronous entry point of `aresolve_references`, usable from the training loop and from notebooks."""
-    return run_sync(aresolve_references(provider, groups, max_concurrency=max_concurrency, timeout=timeout))
+    """Calls `provider` once per group on the provider loop and returns by the stage's deadline, whatever it does.
+
+    At most `max_concurrency` calls run at once, each bounded by `timeout` seconds from when it gets a slot, and the
+    stage as a whole by `stage_deadline(len(groups), max_concurrency, timeout)` seconds, kept by this (the calling)
+    thread: groups not done by then count as timeouts, even if a provider blocks the event loop. That includes up to
+    `PROBE_S` seconds to check that the provider loop answers; a loop that does not is replaced (`loop_restarts`).
+    Any exception a provider raises is one group's failure, except `KeyboardInterrupt`, raised here as soon as it
+    happens. Usable from the training loop, from threads and from notebooks.
+    """
+    start = time.perf_counter()
+    deadline = stage_deadline(len(groups), max_concurrency, timeout)
+    stage = _Stage(len(groups))
+    restarts = 0
+    if groups:
+        remaining = deadline
+
+        def make() -> Coroutine[Any, Any, None]:  # after the probe: the loop side keeps the same deadline
+            nonlocal remaining
+            if deadline is not None:
+                remaining = max(0.0, deadline - (time.perf_counter() - start))
+            return _run_stage(provider, groups, max_concurrency, timeout, remaining, stage)
+
+        future, restarts = _start(make, PROBE_S if deadline is None else min(PROBE_S, deadline / 4))
+        try:
+            future.result(timeout=None if remaining is None else remaining + 2 * _GRACE_S)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            pass  # a provider blocks the loop, or ignores cancellation: the stage ends here regardless
+        finally:
+            future.cancel()
+    return _finish(stage, start, deadline, restarts)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -191,14 +408,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     (a provider whose `abuild` calls another provider's `build`), it runs the coroutine on a helper thread's own loop
     instead, since waiting on the provider loop from inside it would never return.
     """
-    loop = provider_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        return _run_on_helper_thread(coro)
-    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    future, _ = _start(lambda: coro, PROBE_S)
     try:
         return future.result()
     except BaseException:
@@ -206,26 +416,30 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise
 
 
-def _run_on_helper_thread(coro: Coroutine[Any, Any, T]) -> T:
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="sgcd-provider-nested", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+def _start(make: Callable[[], Coroutine[Any, Any, T]], probe_s: float) -> tuple[concurrent.futures.Future, int]:
+    """Starts `make()` on the provider loop, replacing the loop first if it does not answer within `probe_s`; called
+    from a coroutine on the provider loop itself, starts it on a helper thread's own loop instead. Returns the future
+    and 1 if this call replaced the loop."""
+    if _on_provider_loop():
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        threading.Thread(target=_run_into, args=(make(), future), name="sgcd-provider-nested", daemon=True).start()
+        return future, 0
+    loop, restarts = _healthy_loop(probe_s)
+    return asyncio.run_coroutine_threadsafe(make(), loop), restarts
 
 
-_SYNC_WORKERS = 64  # threads for sync callables (`asyncio.to_thread`); the per-step concurrency bound still applies
+def _run_into(coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future) -> None:
+    if not future.set_running_or_notify_cancel():
+        coro.close()
+        return
+    try:
+        future.set_result(asyncio.run(coro))
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the waiting thread
+        future.set_exception(exc)
+
+
 _loop_lock = threading.Lock()
-_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+_loop: tuple[int, asyncio.AbstractEventLoop, threading.Thread] | None = None
 
 
 def provider_loop() -> asyncio.AbstractEventLoop:
@@ -233,15 +447,59 @@ def provider_loop() -> asyncio.AbstractEventLoop:
 
     One loop instead of a fresh `asyncio.run` per step lets HTTP clients keep their connections across steps (litellm
     caches its clients per event loop, so a new loop each step would mean new connections, and TLS handshakes, each
-    step), keeps loop-bound objects such as semaphores valid, and lets a sync provider that hangs past its timeout
-    hold one worker thread instead of the step (`asyncio.run` would wait for it at shutdown). A process forked after
-    the loop started gets a new one.
+    step), and keeps loop-bound objects such as semaphores valid. A process forked after the loop started gets a new
+    one, and so does a process whose loop stopped answering (`resolve_references` replaces it).
     """
     global _loop
     with _loop_lock:
         if _loop is None or _loop[0] != os.getpid() or _loop[1].is_closed():
             loop = asyncio.new_event_loop()
-            loop.set_default_executor(ThreadPoolExecutor(_SYNC_WORKERS, thread_name_prefix="sgcd-provider-sync"))
-            threading.Thread(target=loop.run_forever, name="sgcd-provider-loop", daemon=True).start()
-            _loop = (os.getpid(), loop)
+            thread = threading.Thread(target=_serve, args=(loop,), name="sgcd-provider-loop", daemon=True)
+            thread.start()
+            _loop = (os.getpid(), loop, thread)
         return _loop[1]
+
+
+def _on_provider_loop() -> bool:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    with _loop_lock:
+        return _loop is not None and _loop[1] is running
+
+
+def _healthy_loop(probe_s: float) -> tuple[asyncio.AbstractEventLoop, int]:
+    """The provider loop, after checking that it answers within `probe_s`; one that does not (a provider blocks it,
+    or a BaseException ended its thread) is retired (it stops and closes once it is free) and replaced."""
+    global _loop
+    loop = provider_loop()
+    with _loop_lock:
+        thread = _loop[2] if _loop is not None and _loop[1] is loop else None
+    answered = threading.Event()
+    with contextlib.suppress(RuntimeError):  # closed meanwhile
+        loop.call_soon_threadsafe(answered.set)
+    if thread is not None and thread.is_alive() and answered.wait(probe_s):
+        return loop, 0
+    with _loop_lock:
+        retired = _loop is not None and _loop[1] is loop
+        if retired:
+            _loop = None
+    if retired:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+    return provider_loop(), int(retired)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The provider loop's thread: runs the loop until it is retired, then cancels what is left on it and closes it.
+    A BaseException escaping a callback ends the thread instead, and the next stage's probe replaces the loop."""
+    asyncio.set_event_loop(loop)
+    loop.run_forever()
+    with contextlib.suppress(Exception):
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=_DRAIN_S))
+        loop.close()

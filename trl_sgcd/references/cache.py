@@ -1,15 +1,16 @@
-"""A small on-disk cache of credit-reference replies, keyed by the sanitized evidence.
+"""A small on-disk cache of finalized credit references, keyed by the sanitized evidence.
 
 One JSON file per key (`<dir>/<key[:2]>/<key>.json`), where the key is the sha256 of the exact sanitized prompt
 messages, the model, the prompt version and the sampling settings. Writes go to a temporary file in the same directory
 and are published with `os.replace`, which is atomic on POSIX and Windows: a reader sees either no file or a complete
 one, a crash mid-write leaves only an ignored `.tmp` file, and several processes (ranks, jobs) can share one directory
-(the last writer of a key wins; both wrote the same evidence's reply). Unreadable or malformed entries are treated as
-misses and overwritten by the next successful call.
+(the last writer of a key wins; both wrote a reference for the same evidence). Unreadable or malformed entries are
+treated as misses and overwritten by the next successful call.
 
-A record holds the reply text, the model, the prompt version, the token usage and a timestamp. It never holds request
-parameters such as API keys, nor the raw (unsanitized) evidence. Simplification: there is no eviction; delete the
-directory to reset it.
+A record holds the finalized reference text (masked, capped, API-key values scrubbed: never the raw reply), fields the
+caller adds (`LiteLLMCreditReference`: the reply's own literals to mask, the model, the prompt version, the token
+usage) and a timestamp. It never holds request parameters such as API keys, the raw (unsanitized) evidence, nor the
+values the sanitizer masked. Simplification: there is no eviction; delete the directory to reset it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 1 held raw replies; its entries are never read (the format is part of the key)
 
 
 def cache_key(messages: list[dict[str, Any]], model: str, prompt_version: str, **settings: Any) -> str:
@@ -67,16 +68,16 @@ class ReferenceCache:
         except (OSError, ValueError):
             self.errors += 1
             return None
-        if not isinstance(record, dict) or record.get("key") != key or not isinstance(record.get("reply"), str):
+        if not isinstance(record, dict) or record.get("key") != key or not isinstance(record.get("reference"), str):
             self.errors += 1
             return None
         return record
 
-    def put(self, key: str, reply: str, **fields: Any) -> Path:
-        """Atomically stores `reply` (and JSON-serializable `fields`) under `key`."""
+    def put(self, key: str, reference: str, **fields: Any) -> Path:
+        """Atomically stores the finalized `reference` text (and JSON-serializable `fields`) under `key`."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"key": key, "format": CACHE_FORMAT, "created_at": time.time(), **fields, "reply": reply}
+        record = {"key": key, "format": CACHE_FORMAT, "created_at": time.time(), **fields, "reference": reference}
         data = json.dumps(record, ensure_ascii=False, indent=1, default=str)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
         try:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..siblings import CreditReference, Sibling, SiblingGroup
 from .alignment import ToolStep, _similarity, common_prefix_len, common_subsequence, path_deviation, tool_sequence
-from .base import CreditReferenceProvider
+from .base import CreditReferenceProvider, Tally, run_blocking
 from .prompt import (
     DEFAULT_MAX_OBSERVATION_CHARS,
     content_text,
@@ -137,43 +137,41 @@ class ContrastCreditReference(CreditReferenceProvider):
         self.max_reference_chars = max_reference_chars
         self.mask_success_write_values = mask_success_write_values
         self.min_literal_chars = min_literal_chars
-        self._metrics: Counter[str] = Counter()
+        self._metrics = Tally()
 
     # ---------------------------------------------------------------- provider API
 
     async def abuild(self, group: SiblingGroup) -> CreditReference | None:
-        return self.build_reference(group)
+        return await run_blocking(self.build_reference, group)
 
     def build(self, group: SiblingGroup) -> CreditReference | None:
         return self.build_reference(group)
 
     def pop_metrics(self) -> dict[str, float]:
-        metrics = {k: float(v) for k, v in self._metrics.items()}
-        self._metrics.clear()
-        return metrics
+        return self._metrics.pop()
 
     def build_reference(self, group: SiblingGroup) -> CreditReference | None:
         """Builds the reference synchronously (it is pure CPU work, a few milliseconds)."""
         start = time.perf_counter()
-        self._metrics["calls"] += 1
+        self._metrics.add("calls")
         try:
             if not group.is_mixed:
-                self._metrics["skipped"] += 1
+                self._metrics.add("skipped")
                 return None
             sanitized = self.sanitizer.sanitize(group)
-            self._metrics["sanitizer_hits"] += sanitized.total
+            self._metrics.add("sanitizer_hits", sanitized.total)
             built = self.contrast(sanitized.group)
             if built is None:
-                self._metrics["skipped"] += 1
+                self._metrics.add("skipped")
                 return None
             sections, write_values = built
             text = format_credit_reference(sections)
             reference = CreditReference(text=text, masked_literals=write_values, metadata={"provider": self.name})
             reference, _ = finalize_reference(reference, group, sanitized, self.sanitizer, self.max_reference_chars)
-            self._metrics["reference_chars"] += len(reference.text)
+            self._metrics.add("reference_chars", len(reference.text))
             return reference
         finally:
-            self._metrics["latency_s"] += time.perf_counter() - start
+            self._metrics.add("latency_s", time.perf_counter() - start)
 
     # ---------------------------------------------------------------- the contrast
 
@@ -489,18 +487,18 @@ class SiblingContextReference(CreditReferenceProvider):
         self.max_chars = max_chars
         self.max_observation_chars = max_observation_chars
         self.max_successes = max_successes
-        self._metrics: Counter[str] = Counter()
+        self._metrics = Tally()
 
     async def abuild(self, group: SiblingGroup) -> CreditReference | None:
-        return self.build(group)
+        return await run_blocking(self.build, group)
 
     def build(self, group: SiblingGroup) -> CreditReference | None:
-        self._metrics["calls"] += 1
+        self._metrics.add("calls")
         if not group.successes:
-            self._metrics["skipped"] += 1
+            self._metrics.add("skipped")
             return None
         sanitized = self.sanitizer.sanitize(group)
-        self._metrics["sanitizer_hits"] += sanitized.total
+        self._metrics.add("sanitizer_hits", sanitized.total)
         successes = [(i, s) for i, s in enumerate(sanitized.group.siblings) if s.success]
         rendered = sorted(
             ((render_sibling(s, self.max_observation_chars, index=i + 1), i) for i, s in successes),
@@ -516,10 +514,8 @@ class SiblingContextReference(CreditReferenceProvider):
             used += len(blocks[-1]) + 2
         reference = CreditReference(text="\n\n".join([header, *blocks]), metadata={"provider": self.name})
         reference, _ = finalize_reference(reference, group, sanitized, self.sanitizer, self.max_chars)
-        self._metrics["reference_chars"] += len(reference.text)
+        self._metrics.add("reference_chars", len(reference.text))
         return reference
 
     def pop_metrics(self) -> dict[str, float]:
-        metrics = {k: float(v) for k, v in self._metrics.items()}
-        self._metrics.clear()
-        return metrics
+        return self._metrics.pop()

@@ -1,9 +1,10 @@
 """`LiteLLMCreditReference`: the default credit-reference provider, an external LLM called through litellm.
 
 Per group: sanitize (`Sanitizer`), build the Table 5 prompt with the long-context fallback (`prompt.py`), look the
-sanitized evidence up in the on-disk cache (`cache.py`), otherwise call `litellm.acompletion` at temperature 0, parse
-the reply (`parse_credit_reference`), mask anything sensitive it repeats, cap its length, and complete its literals
-(`finalize_reference`). Only parseable replies are cached.
+sanitized evidence up in the on-disk cache (`cache.py`), otherwise call `litellm.acompletion` at temperature 0, reject
+a reply over `max_reply_chars`, scrub API-key values from it (`keys.py`), parse it (`parse_credit_reference`), mask
+anything sensitive it repeats, cap its length, and complete its literals (`finalize_reference`). The CPU work (all but
+the HTTP call) runs on worker threads, off the event loop. The cache holds only the finalized, masked reference text.
 
 Calls are bounded by the provider's own semaphore and a per-attempt timeout. Retries use exponential backoff (and
 honour `Retry-After`) for rate limits (429), server errors (5xx, including malformed response bodies, which litellm
@@ -14,7 +15,8 @@ turned off so the counters are exact.
 litellm is imported on first use, never at module import (it takes seconds and is an optional dependency), with
 `LITELLM_LOCAL_MODEL_COST_MAP=True` unless the environment says otherwise, so no cost map is fetched. API keys come
 from the environment (`api_key_env`, or litellm's own provider variables such as `OPENAI_API_KEY`); they are never
-accepted as arguments, stored, cached or logged, and error messages are scrubbed before they leave the provider.
+accepted as arguments, stored, cached or logged, and their values are scrubbed from the prompt, the replies and the
+error messages whatever their format.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from collections import Counter
 from typing import Any
 
 from ..siblings import CreditReference, SiblingGroup
-from .base import CreditReferenceError, CreditReferenceProvider
+from .base import CreditReferenceError, CreditReferenceProvider, run_blocking
 from .cache import ReferenceCache, cache_key
+from .keys import is_key_name, known_keys, scrub_keys
 from .prompt import (
     DEFAULT_MAX_OBSERVATION_CHARS,
     DEFAULT_MAX_PROMPT_CHARS,
@@ -38,7 +41,7 @@ from .prompt import (
     compose_credit_prompt,
     parse_credit_reference,
 )
-from .sanitizer import Sanitizer, finalize_reference
+from .sanitizer import SanitizedGroup, Sanitizer, finalize_reference
 
 
 logger = logging.getLogger(__name__)
@@ -86,7 +89,8 @@ def import_litellm() -> Any:
 
 
 def classify_error(exc: BaseException) -> str:
-    """Maps an exception to `rate_limit`, `server`, `timeout`, `connection`, `client`, `parse` or `other`."""
+    """Maps an exception to `rate_limit`, `server`, `timeout`, `connection`, `client`, `parse` or `other` (or the
+    `kind` of a `ProviderCallError`: `config`, `oversize`, ...)."""
     if isinstance(exc, ProviderCallError):
         return exc.kind
     if isinstance(exc, CreditReferenceError):
@@ -138,6 +142,8 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         backoff: first retry delay in seconds; doubles at each retry.
         max_backoff: longest retry delay (also caps `Retry-After`).
         max_reference_chars: cap on the reference text (≈ 1.5k tokens by default, so the teacher prefix stays cheap).
+        max_reply_chars: longest reply accepted; a longer one fails the group (`failures_oversize`) unparsed and
+            uncached.
         max_prompt_chars: character budget of the prompt; the long-context fallback keeps it under this.
         max_observation_chars: cap on each tool observation when all siblings fit.
         max_tokens: completion token limit sent to the model (`None` for the provider default).
@@ -145,7 +151,8 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         cache_dir: directory of the on-disk reference cache; `None` disables caching.
         sanitizer: the sanitizer run before the prompt is built (defaults to `Sanitizer()`).
         extra_kwargs: extra keyword arguments for `litellm.acompletion` (e.g. `drop_params`, `mock_response`);
-            they cannot carry an API key.
+            they cannot carry `api_key`, and the values of credential-named ones (`aws_secret_access_key`, ...) are
+            scrubbed like the key.
     """
 
     name = "litellm"
@@ -163,6 +170,7 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         max_reference_chars: int = 6_000,
+        max_reply_chars: int = 100_000,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
         max_observation_chars: int = DEFAULT_MAX_OBSERVATION_CHARS,
         max_tokens: int | None = 2_048,
@@ -179,6 +187,8 @@ class LiteLLMCreditReference(CreditReferenceProvider):
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}.")
+        if isinstance(max_reply_chars, bool) or not isinstance(max_reply_chars, int) or max_reply_chars < 1:
+            raise ValueError(f"max_reply_chars must be a positive int, got {max_reply_chars!r}.")
         if num_retries < 0:
             raise ValueError(f"num_retries must be >= 0, got {num_retries}.")
         if backoff < 0 or max_backoff < 0:
@@ -203,6 +213,7 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_reference_chars = max_reference_chars
+        self.max_reply_chars = max_reply_chars
         self.max_prompt_chars = max_prompt_chars
         self.max_observation_chars = max_observation_chars
         self.max_tokens = max_tokens
@@ -249,54 +260,93 @@ class LiteLLMCreditReference(CreditReferenceProvider):
     # ---------------------------------------------------------------- internals
 
     async def _build(self, group: SiblingGroup) -> CreditReference:
-        sanitized = self.sanitizer.sanitize(group)
-        self._metrics["sanitizer_hits"] += sanitized.total
-        prompt = compose_credit_prompt(
-            sanitized.group, max_chars=self.max_prompt_chars, max_observation_chars=self.max_observation_chars
-        )
+        sanitized, prompt, scrubbed, key, record = await run_blocking(self._prepare, group)
+        self._metrics["sanitizer_hits"] += sanitized.total + scrubbed
         if prompt.selection.fallback:
             self._metrics["fallback_groups"] += 1
-        key = cache_key(
-            prompt.messages, self.model, PROMPT_VERSION, temperature=self.temperature, max_tokens=self.max_tokens
-        )
-        parsed = None
-        cache_hit = False
         usage: dict[str, Any] = {}
-        if self.cache is not None:
-            record = await asyncio.to_thread(self.cache.get, key)
-            if record is not None:
-                try:
-                    parsed = parse_credit_reference(record["reply"])
-                    cache_hit = True
-                    self._metrics["cache_hits"] += 1
-                except CreditReferenceError:
-                    self.cache.errors += 1
-        if parsed is None:
+        if record is not None:
+            self._metrics["cache_hits"] += 1
+            parsed = CreditReference(record["reference"], list(record["literals"]), dict(record["metadata"]))
+        else:
             reply, usage = await self._complete(prompt.messages)
-            parsed = parse_credit_reference(reply)
-            if self.cache is not None:
-                try:
-                    await asyncio.to_thread(
-                        self.cache.put, key, reply, model=self.model, prompt_version=PROMPT_VERSION, usage=usage
-                    )
-                except OSError as exc:  # a full or read-only disk must not cost the reference
-                    self._metrics["cache_errors"] += 1
-                    logger.warning("Could not write the credit-reference cache: %s", type(exc).__name__)
+            parsed, scrubbed = await run_blocking(self._parse, reply)
+            self._metrics["output_masks"] += scrubbed
         parsed.metadata.update(
             provider=self.name,
             model=self.model,
-            cache_hit=cache_hit,
+            cache_hit=record is not None,
             prompt_chars=prompt.chars,
             fallback=prompt.selection.fallback,
             siblings_shown=len(prompt.selection.indices),
             **usage,
         )
-        reference, masks = finalize_reference(parsed, group, sanitized, self.sanitizer, self.max_reference_chars)
+        reference, masks = await run_blocking(
+            finalize_reference, parsed, group, sanitized, self.sanitizer, self.max_reference_chars
+        )
         self._metrics["output_masks"] += masks
+        if record is None and self.cache is not None:
+            try:
+                await run_blocking(self._store, key, reference, group, sanitized, usage)
+            except OSError as exc:  # a full or read-only disk must not cost the reference
+                self._metrics["cache_errors"] += 1
+                logger.warning("Could not write the credit-reference cache: %s", type(exc).__name__)
         return reference
 
+    def _keys(self) -> list[str]:
+        """API-key values to scrub: the environment's credential variables, `api_key_env`'s value, and the values of
+        credential-named `extra_kwargs`."""
+        return known_keys([self.api_key_env], [v for k, v in self.extra_kwargs.items() if is_key_name(k)])
+
+    def _prepare(self, group: SiblingGroup) -> tuple[SanitizedGroup, Any, int, str, dict[str, Any] | None]:
+        """Worker thread: sanitizes, builds the prompt (API-key values scrubbed), keys it and looks it up."""
+        sanitized = self.sanitizer.sanitize(group)
+        prompt = compose_credit_prompt(
+            sanitized.group, max_chars=self.max_prompt_chars, max_observation_chars=self.max_observation_chars
+        )
+        keys, scrubbed = self._keys(), 0
+        for message in prompt.messages:
+            message["content"], count = scrub_keys(message["content"], keys)
+            scrubbed += count
+        key = cache_key(
+            prompt.messages, self.model, PROMPT_VERSION, temperature=self.temperature, max_tokens=self.max_tokens
+        )
+        record = self.cache.get(key) if self.cache is not None else None
+        if record is not None and not (
+            isinstance(record.get("literals"), list) and isinstance(record.get("metadata"), dict)
+        ):
+            self.cache.errors += 1
+            record = None
+        return sanitized, prompt, scrubbed, key, record
+
+    def _parse(self, reply: str) -> tuple[CreditReference, int]:
+        """Worker thread: the reply with API-key values scrubbed, parsed (raises `CreditReferenceError` if unusable)."""
+        text, scrubbed = scrub_keys(reply, self._keys())
+        return parse_credit_reference(text), scrubbed
+
+    def _store(
+        self,
+        key: str,
+        reference: CreditReference,
+        group: SiblingGroup,
+        sanitized: SanitizedGroup,
+        usage: dict[str, Any],
+    ) -> None:
+        """Worker thread: caches the finalized reference text and the reply's own literals, never the raw reply, the
+        answer literals or the values the sanitizer masked (a hit recomputes those for its own group)."""
+        private = {*self.sanitizer.answer_literals(group), *sanitized.masked_values}
+        self.cache.put(
+            key,
+            reference.text,
+            literals=[literal for literal in reference.masked_literals if literal not in private],
+            metadata={k: reference.metadata[k] for k in ("sections", "format") if k in reference.metadata},
+            model=self.model,
+            prompt_version=PROMPT_VERSION,
+            usage=usage,
+        )
+
     def _get_semaphore(self) -> asyncio.Semaphore:
-        # `resolve_references` runs each step in a fresh event loop; a semaphore is bound to the loop that uses it.
+        # A semaphore is bound to its event loop, and the provider loop is replaced if a provider ever blocks it.
         loop = asyncio.get_running_loop()
         if self._semaphore is None or self._semaphore_loop is not loop:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
@@ -325,7 +375,7 @@ class LiteLLMCreditReference(CreditReferenceProvider):
 
     async def _complete(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
         # The first import takes seconds: keep it off the event loop so a notebook's loop is not frozen.
-        litellm = _litellm if _litellm is not None else await asyncio.to_thread(import_litellm)
+        litellm = _litellm if _litellm is not None else await run_blocking(import_litellm)
         semaphore = self._get_semaphore()
         attempt = 0
         while True:
@@ -354,8 +404,13 @@ class LiteLLMCreditReference(CreditReferenceProvider):
             content = response.choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError):
             raise CreditReferenceError("malformed completion: no message content") from None
-        if not content or not str(content).strip():
+        content = "" if content is None else str(content)
+        if not content.strip():
             raise CreditReferenceError("empty credit-reference reply")
+        if len(content) > self.max_reply_chars:
+            raise ProviderCallError(
+                f"a reply of {len(content)} characters is over max_reply_chars={self.max_reply_chars}", kind="oversize"
+            )
         usage: dict[str, Any] = {}
         raw_usage = getattr(response, "usage", None)
         for field in ("prompt_tokens", "completion_tokens"):
@@ -377,13 +432,11 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         if cost is not None:
             usage["cost_usd"] = cost
             self._metrics["cost_usd"] += cost
-        return str(content), usage
+        return content, usage
 
     def _public_error(self, exc: BaseException, kind: str, attempts: int) -> BaseException:
         """An exception safe to log: type and a scrubbed, short message, never an API key."""
-        message = f"{type(exc).__name__}: {exc}"
-        if self.api_key_env and os.environ.get(self.api_key_env):
-            message = message.replace(os.environ[self.api_key_env], "<MASKED:CREDENTIAL>")
+        message, _ = scrub_keys(f"{type(exc).__name__}: {exc}", self._keys())
         message, _ = self.sanitizer.sanitize_text(message[:1_000])
         text = f"credit-reference call failed ({kind}) after {attempts} attempt(s): {message[:300]}"
         if kind == "timeout":

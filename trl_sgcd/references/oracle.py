@@ -29,7 +29,7 @@ from ..envs.offline_airline.reward import first_deviation
 from ..envs.offline_airline.tasks import Task, load_task, task_from_id
 from ..siblings import CreditReference, SiblingGroup
 from .alignment import ToolStep, tool_sequence
-from .base import CreditReferenceProvider
+from .base import CreditReferenceProvider, Tally, run_blocking
 from .contrast import _scalar_leaves
 from .prompt import format_call, format_credit_reference, truncate
 from .sanitizer import Sanitizer, finalize_reference
@@ -80,18 +80,18 @@ class OracleCreditReference(CreditReferenceProvider):
         self.max_items = max_items
         self.max_reference_chars = max_reference_chars
         self.min_literal_chars = min_literal_chars
-        self._metrics: Counter[str] = Counter()
+        self._metrics = Tally()
 
     async def abuild(self, group: SiblingGroup) -> CreditReference | None:
-        return self.build(group)
+        return await run_blocking(self.build, group)
 
     def build(self, group: SiblingGroup) -> CreditReference | None:
         start = time.perf_counter()
-        self._metrics["calls"] += 1
+        self._metrics.add("calls")
         try:
             task = group_task(group)
             if task is None or not group.is_mixed:
-                self._metrics["skipped"] += 1
+                self._metrics.add("skipped")
                 return None
             key = self.sanitizer.config.answer_literals_key
             previous = (group.metadata or {}).get(key) or []
@@ -100,21 +100,19 @@ class OracleCreditReference(CreditReferenceProvider):
                 group, metadata={**(group.metadata or {}), key: [*previous, *task["required_facts"]]}
             )
             sanitized = self.sanitizer.sanitize(group)
-            self._metrics["sanitizer_hits"] += sanitized.total
+            self._metrics.add("sanitizer_hits", sanitized.total)
             sections, literals = self.sections(task, group, sanitized.group)
             reference = CreditReference(
                 text=format_credit_reference(sections), masked_literals=literals, metadata={"provider": self.name}
             )
             reference, _ = finalize_reference(reference, group, sanitized, self.sanitizer, self.max_reference_chars)
-            self._metrics["reference_chars"] += len(reference.text)
+            self._metrics.add("reference_chars", len(reference.text))
             return reference
         finally:
-            self._metrics["latency_s"] += time.perf_counter() - start
+            self._metrics.add("latency_s", time.perf_counter() - start)
 
     def pop_metrics(self) -> dict[str, float]:
-        metrics = {k: float(v) for k, v in self._metrics.items()}
-        self._metrics.clear()
-        return metrics
+        return self._metrics.pop()
 
     def expert_literals(self, task: Task) -> list[str]:
         """Values of the expert's write arguments that the request does not contain (masked, written abstractly)."""

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from ...siblings import CreditReference, SiblingGroup
-from ..base import CreditReferenceProvider, as_provider
+from ..base import CreditReferenceProvider, as_provider, run_blocking
+from ..keys import known_keys, scrub_keys
 from .config import SanitizedGroup
 from .core import Sanitizer
 from .rules import PLACEHOLDER_RE
@@ -32,7 +33,8 @@ def finalize_reference(
     """Makes a provider's reference safe to use as teacher context and completes its literals.
 
     1. Masks in the reference text any answer literal or original sensitive value it repeats (a guess, or evidence
-       the sanitizer missed), plus anything the sanitizer's patterns catch.
+       the sanitizer missed), the value of any API key in the environment (`keys.known_keys`), plus anything the
+       sanitizer's patterns catch.
     2. Caps the text at `max_chars` (at a line boundary when possible).
     3. Sets `masked_literals` to the answer literals, the original masked values, and the provider's own literals
        that occur verbatim in the raw rollouts (placeholders and descriptions that match nothing are dropped, since
@@ -49,7 +51,8 @@ def finalize_reference(
         The finalized reference and the number of masks applied to its text.
     """
     answer_literals = sanitizer.answer_literals(group)
-    text, counts = sanitizer.sanitize_text(reference.text, literals=[*answer_literals, *sanitized.masked_values])
+    text, scrubbed = scrub_keys(reference.text, known_keys())
+    text, counts = sanitizer.sanitize_text(text, literals=[*answer_literals, *sanitized.masked_values])
     if max_chars is not None and len(text) > max_chars:
         cut = text.rfind("\n", 0, max_chars)
         text = text[: cut if cut > max_chars // 2 else max_chars].rstrip()
@@ -64,13 +67,14 @@ def finalize_reference(
             literals.append(literal)
     metadata = dict(reference.metadata)
     metadata["sanitizer_hits"] = sanitized.total
-    return CreditReference(text=text, masked_literals=literals, metadata=metadata), sum(counts.values())
+    return CreditReference(text=text, masked_literals=literals, metadata=metadata), scrubbed + sum(counts.values())
 
 
 class SanitizingProvider(CreditReferenceProvider):
     """Runs the `Sanitizer` in front of a provider that does not sanitize by itself (e.g. a user callable).
 
     The wrapped provider only ever sees the sanitized group; its reference is finalized with `finalize_reference`.
+    Sanitizing and finalizing run on worker threads, off the event loop.
 
     Args:
         provider: the provider (or callable) to protect.
@@ -88,13 +92,15 @@ class SanitizingProvider(CreditReferenceProvider):
         self._hits = 0
 
     async def abuild(self, group: SiblingGroup) -> CreditReference | None:
-        sanitized = self.sanitizer.sanitize(group)
+        sanitized = await run_blocking(self.sanitizer.sanitize, group)
         self._hits += sanitized.total
         reference = CreditReference.coerce(await self.provider.abuild(sanitized.group))
         if reference is None:
             return None
-        reference, _ = finalize_reference(reference, group, sanitized, self.sanitizer, self.max_reference_chars)
-        return reference
+        return (await run_blocking(self._finalize, reference, group, sanitized))[0]
+
+    def _finalize(self, reference: CreditReference, group: SiblingGroup, sanitized: SanitizedGroup):
+        return finalize_reference(reference, group, sanitized, self.sanitizer, self.max_reference_chars)
 
     @property
     def batches_natively(self) -> bool:
@@ -103,9 +109,12 @@ class SanitizingProvider(CreditReferenceProvider):
     async def abuild_many(self, groups):
         if not self.provider.batches_natively:
             return await super().abuild_many(groups)
-        sanitized = [self.sanitizer.sanitize(group) for group in groups]
+        sanitized = await run_blocking(lambda: [self.sanitizer.sanitize(group) for group in groups])
         self._hits += sum(s.total for s in sanitized)
         results = await self.provider.abuild_many([s.group for s in sanitized])
+        return await run_blocking(self._finalize_many, groups, sanitized, results)
+
+    def _finalize_many(self, groups, sanitized, results) -> list:
         finalized: list = []
         for group, clean, result in zip(groups, sanitized, results, strict=True):
             try:
@@ -113,7 +122,7 @@ class SanitizingProvider(CreditReferenceProvider):
             except TypeError as exc:
                 reference = exc
             if isinstance(reference, CreditReference):
-                reference = finalize_reference(reference, group, clean, self.sanitizer, self.max_reference_chars)[0]
+                reference = self._finalize(reference, group, clean)[0]
             finalized.append(reference)
         return finalized
 
