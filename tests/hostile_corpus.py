@@ -613,8 +613,61 @@ def _bfcl(i: int) -> Benign:
     return Benign("bfcl", messages)
 
 
+# Free-standing texts in each style, written for shapes a naive rule set masks (not generated from one template).
+_LOOSE = {
+    "airline": [
+        "My user id is mia_li_3668 and I'm a gold member. Can I pay with the credit card on file?",
+        "I need your user ID and the reservation ID to proceed; the confirmation number is on your receipt.",
+        "Error: payment method not found for this user.",
+        '{"payment_history": [{"amount": 94, "status": "refunded"}], "cabin": "basic_economy"}',
+        "The new password policy says: at least 12 characters. Your account is fine.",
+        "Secret: the lounge is on level 3 (just kidding, it's on level 2).",
+        "Phone: not provided. Email: not provided.",
+        "The flight number is HAT271 and the gate is B12; boarding starts at 08:45.",
+        "Total: $1,250.00 (2 passengers x $625.00), paid 2024-05-14.",
+        "Card ending in 4242 was charged $312.",
+        "Your PIN is required at the kiosk, but I cannot see it.",
+        "Expected arrival: 14:35 local time, 20 minutes early.",
+    ],
+    "appworld": [
+        "phone_number = user['phone_number']\nemail = profile.email\nprint(phone_number, email)",
+        "passwords = {row['account_name']: row['password'] for row in apis.supervisor.show_account_passwords()}",
+        "api_doc = apis.api_docs.show_api_doc(app_name='phone', api_name='send_text_message')\nprint(api_doc)",
+        '{"name": "password", "type": "string", "required": true, "description": "Your account password."}',
+        "for tx in transactions:\n    if tx['description'].startswith('Rent'):\n        total += tx['amount']",
+        "[{'id': 7, 'title': 'Buy milk', 'due_date': '2023-05-19', 'completed': False, 'priority': 2}]",
+        "Answer: the task asks for the total, so I will sum the amounts.",
+        "Solution idea: page through all results first, then filter by date.",
+        "Token expires_at 2023-05-19T11:00:00; refresh not needed yet.",
+        "access_token = login_result['access_token']\nheaders = {'Authorization': f'Bearer {access_token}'}",
+    ],
+    "bfcl": [
+        "The answer is 42, as computed by math.factorial(4) + 18.",
+        "The solution to x^2 - 4 = 0 is x = 2 or x = -2.",
+        "Stock AAPL closed at 189.84 (+1.2%) on volume 51,203,112.",
+        '{"name": "get_weather", "parameters": {"location": {"type": "string", "description": "City, e.g. Boston, MA"}}}',
+        "plot_bar(values=[3, 5, 8], label='Revenue', color='blue')",
+        "Evaluation of the integral from 0 to 1 of x^2 gives 1/3.",
+        "Result: 3.14159265358979 (pi to 14 places).",
+        "sha1 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 and md5 9e107d9d372bb6826bd81d3542a419d6",
+        "ISBN 978-0-306-40615-7, published 1999, 352 pages.",
+        "Coordinates: 40.7128, -74.0060; elevation 10 m.",
+    ],
+}
+
+
+def _loose(style: str, i: int, text: str) -> Benign:
+    role = ("user", "assistant", "tool")[i % 3]
+    return Benign(style, _tool(text) if role == "tool" else _say(role, text))
+
+
 def benign_cases() -> list[Benign]:
-    return [*(_airline(i) for i in range(40)), *(_appworld(i) for i in range(35)), *(_bfcl(i) for i in range(35))]
+    return [
+        *(_airline(i) for i in range(40)),
+        *(_appworld(i) for i in range(35)),
+        *(_bfcl(i) for i in range(35)),
+        *(_loose(style, i, text) for style, texts in _LOOSE.items() for i, text in enumerate(texts)),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ scoring

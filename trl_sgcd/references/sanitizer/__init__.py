@@ -2,19 +2,21 @@
 
 It masks, with typed placeholders such as `<MASKED:EMAIL>`:
 
-- credentials: API keys (`sk-...`, `AKIA...`, `ghp_...`, `hf_...`, JWTs, private-key blocks), bearer tokens, and values
-  of password/secret/token fields (JSON fields, `key=value` and `key: value` text, Python keyword arguments);
-- payment and account values: card numbers (Luhn-checked), IBANs (mod-97-checked), payment-method ids such as
-  `credit_card_7815826`, and values under configurable field names (`payment_id`, `card_number`, `account_number`...);
-- e-mail addresses and phone numbers;
-- evaluator/oracle reports and gold actions: values under configurable keys (`evaluation`, `gold_actions`,
-  `expected_answer`, `oracle`, ...) and free-text reports matched by configurable regexes;
-- answer-bearing literals a benchmark adapter declares in `group.metadata["answer_literals"]`.
+- credentials: key formats found by detect-secrets' regex plugins (AWS, GitHub, GitLab, Slack, Stripe, JWTs, ...) and
+  a few more, private-key blocks, high-entropy base64 strings, bearer/basic tokens, passwords in URLs, and values of
+  password/secret/token fields (`detectors.py`);
+- payment and account values: card numbers (Luhn-checked, any grouping), IBANs (mod-97-checked, any case or
+  grouping), payment-method ids such as `credit_card_7815826`, and values under payment/account field names;
+- e-mail addresses (any script) and phone numbers (international formats);
+- evaluator/oracle reports and gold answers: values under oracle field names in any spelling, and `<gold>`-style tags;
+- answer-bearing literals a benchmark adapter declares in `group.metadata["answer_literals"]`, numbers by value
+  (`literals.py`).
 
-Tool results are often JSON (sometimes JSON inside JSON, or a printed Python dict): such strings are parsed, walked,
-masked and re-serialized; strings without any hit keep their exact formatting. Simplifications: detection is
-pattern-based (no NER), so a person's name or a free-text address is not masked, and re-serialized JSON loses its
-original whitespace. Masking is idempotent: placeholders are never matched again.
+Values under sensitive field names are found in parsed JSON and in text (`key: value`, `key=value`, escaped JSON,
+YAML, headers, query strings, code; `keyed.py`), where prose after a key word is not taken for a value. Tool results
+that are JSON (or a printed Python dict) are parsed, walked, masked and re-serialized; strings without any hit keep
+their exact formatting. Every scan is linear in the input length. Masking is idempotent: placeholders are never
+matched again.
 
 The original values that were masked are returned (`SanitizedGroup.masked_values`) so providers can list them as
 literals that receive no credit; they stay in memory and must never be logged or cached.

@@ -57,6 +57,7 @@ _PRIVATE_KEY_BODY_RE = re.compile(r"[A-Za-z0-9+/=\s:,\-.]*")
 # An AWS secret access key's shape (the charset and length detect-secrets' AWS plugin verifies).
 _AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _CANDIDATE_RE = re.compile(r"[A-Za-z0-9_\-+/=.:~]{16,}")
+_HAS_DIGIT_RE, _HAS_UPPER_RE, _HAS_LOWER_RE = re.compile(r"\d"), re.compile(r"[A-Z]"), re.compile(r"[a-z]")
 _LOWER_RUN_RE = re.compile(r"[a-z]{3,}")
 _HIGH_ENTROPY_RE = re.compile(r"(?<![A-Za-z0-9+/=_\-])[A-Za-z0-9+/=_\-]{20,}")
 _BEARER_RE = re.compile(
@@ -232,7 +233,7 @@ def _random_looking(token: str, limit: float) -> bool:
 
 
 def _mixed(token: str) -> bool:
-    return any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
+    return bool(_HAS_DIGIT_RE.search(token) and _HAS_UPPER_RE.search(token) and _HAS_LOWER_RE.search(token))
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -37,14 +37,20 @@ _BARE_RE = re.compile(r"[^\s,;&(){}\[\]<>\"'\\]+")
 _NUMERIC_RE = re.compile(r"\+?\(?[\w]+\)?(?:[ .\-/]{1,2}\(?\d[\w]*\)?)*")
 _ANGLE_RE = re.compile(r"<[^<>\n]{1,200}>")
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,40}")
+_EXPRESSION_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*[ \t]*(?=[\[(]|[ \t]*$|[ \t]*\n)")
+_DOTTED_NAME_RE = re.compile(r"[a-z_]+(?:\.[a-z_]+)+")
+_FIELD_RE = re.compile(r"\{[^{}]{0,80}\}")
+_TEMPLATE_WORDS_RE = re.compile(r"[A-Za-z \t:]*")
 _IDENTIFIER_RE = re.compile(r"[a-z_][a-z_]*")
 _PROSE_TRAIL = ".,;:!?)"
+_SECRETISH_RE = re.compile(r"[\W\d_]|(?<=.)[A-Z]")
 _STRUCTURED = ("payment", "account", "phone")
 
 
 def _looks_secret(token: str) -> bool:
+    """A digit, a symbol, an inner capital, or 16+ characters: not a prose word."""
     token = token.rstrip(_PROSE_TRAIL)
-    return any(not c.isalpha() for c in token) or any(c.isupper() for c in token[1:]) or len(token) >= 16
+    return len(token) >= 16 or _SECRETISH_RE.search(token) is not None
 
 
 def _last_word(text: str, end: int) -> bool:
@@ -187,9 +193,14 @@ def _value_span(
         end = text.find(quote, start + 2)
         end = n if end == -1 else end
         return start + 2, end, False, None
+    template = ch in "fF" and text[start + 1 : start + 2] in ("'", '"')
+    if template:  # f'Bearer {token}': a template of names, not a literal, unless it has more than words
+        start, ch = start + 1, text[start + 1]
     if ch in "\"'":
         end = _value_end(text, start)
         inner_end = end - 1 if end - start >= 2 and text[end - 1] == ch else end
+        if template and _TEMPLATE_WORDS_RE.fullmatch(_FIELD_RE.sub("", text[start + 1 : inner_end])):
+            return None
         return start + 1, inner_end, False, None
     if ch in "[{":
         if category not in ("oracle", "credential"):
@@ -207,14 +218,16 @@ def _value_span(
             end = text.find("\n", start)
             end = n if end == -1 else end
             return start, len(text[:end].rstrip()), True, None
+    if not colon and not loose and _expression(text, start):
+        return None  # `phone_number = user['phone_number']`, `token = apis.login(...)`: code, not a literal
     if category in _STRUCTURED:
         numeric = _NUMERIC_RE.match(text, start)
         end = numeric.end() if numeric else start
         while end > start and text[end - 1] in ".-/ ":
             end -= 1
         value = text[start:end]
-        if end <= start or ((colon or loose) and not any(c.isdigit() for c in value)):
-            return None
+        if end <= start or not (any(c.isdigit() for c in value) or (value.isupper() and len(value) >= 6)):
+            return None  # "Phone: not provided", `SWIFT: DEUTDEFF` is masked
         return start, end, False, None
     if bare[0] <= start < bare[1]:
         end = bare[1]
@@ -229,7 +242,7 @@ def _value_span(
         if token is None:
             return None
         return token.start(), token.end(), False, token.end()
-    if category == "email" and (colon or loose) and "@" not in value:
+    if category == "email" and "@" not in value:
         return None
     if category == "credential":
         if loose and not _looks_secret(value):
@@ -242,6 +255,17 @@ def _value_span(
     while colon and value_end > start and text[value_end - 1] in _PROSE_TRAIL and not _looks_secret(value):
         value_end -= 1
     return start, value_end, False, end
+
+
+def _expression(text: str, start: int) -> bool:
+    """`name[...]`, `name(...)`, `a.b.c` alone on its line: an expression in code."""
+    match = _EXPRESSION_RE.match(text, start)
+    if match is None:
+        return False
+    value = match.group().strip()
+    if text[match.end() : match.end() + 1] in ("[", "("):
+        return True
+    return "." in value and _DOTTED_NAME_RE.fullmatch(value) is not None  # `profile.email`, not `Secret.Pass2`
 
 
 def _variable(san: Sanitizer, key: str, value: str, text: str, end: int) -> bool:
