@@ -232,6 +232,15 @@ def _credential_cases() -> list[Planted]:
     for h, secret in headers:
         cases.append(Planted("credential", "header", _tool(f"HTTP/1.1 401\n{h}\nContent-Type: text/plain"), (secret,)))
         cases.append(Planted("credential", "header_json", _tool(json.dumps({"headers": h})), (secret,)))
+    for v in values[6:]:
+        cases.append(Planted("credential", "cli_flag", _tool(f"$ mysql -u root --password {v} -h db.internal"), (v,)))
+        cases.append(
+            Planted("credential", "xml_element", _tool(f"<auth><user>mia</user><password>{v}</password></auth>"), (v,))
+        )
+        cases.append(Planted("credential", "arrow", _tool(f"password -> {v}"), (v,)))
+    for v in ("4821", "913", "482193"):
+        cases.append(Planted("credential", "pin_spaced", _say("user", f"the pin 4{v} should work"), (f"4{v}",)))
+    cases.append(Planted("credential", "ssn_text", _say("user", "SSN 123-45-6789 if you need it"), ("123-45-6789",)))
     url_pw = _rand(14)
     cases.append(
         Planted("credential", "url_userinfo", _tool(f"db=postgres://admin:{url_pw}@db.internal:5432/app"), (url_pw,))
@@ -327,6 +336,9 @@ def _email_cases() -> list[Planted]:
     for v in emails:
         for cname, carrier in carriers:
             cases.append(Planted("email", f"{cname}", carrier(v), (v,)))
+    for v in emails[:2]:
+        encoded = v.replace("@", "%40")
+        cases.append(Planted("email", "url_encoded", _tool(f"GET /api/users?email={encoded}&page=1"), (encoded,)))
     return cases
 
 
@@ -374,6 +386,7 @@ def _oracle_cases() -> list[Planted]:
         "expected answer",
         "reward_info",
         "possible_answer",
+        "expected",
     ]
     for i, key in enumerate(keys):
         v = f"cancel-{_rand(6, string.ascii_uppercase + string.digits)}-refund"
@@ -628,6 +641,8 @@ _LOOSE = {
         "Card ending in 4242 was charged $312.",
         "Your PIN is required at the kiosk, but I cannot see it.",
         "Expected arrival: 14:35 local time, 20 minutes early.",
+        "<p>Your seat is <b>12C</b> in row 12; gate 22 closes at 09:40.</p>",
+        "Flight 1234 departs from gate 22; the phone line for changes opens at 8.",
     ],
     "appworld": [
         "phone_number = user['phone_number']\nemail = profile.email\nprint(phone_number, email)",
@@ -639,6 +654,8 @@ _LOOSE = {
         "Answer: the task asks for the total, so I will sum the amounts.",
         "Solution idea: page through all results first, then filter by date.",
         "Token expires_at 2023-05-19T11:00:00; refresh not needed yet.",
+        "Run the exporter with --verbose --output report.csv --retries 3.",
+        "Token 5 of 12 generated; 1532 tokens in total.",
         "access_token = login_result['access_token']\nheaders = {'Authorization': f'Bearer {access_token}'}",
     ],
     "bfcl": [
@@ -652,6 +669,7 @@ _LOOSE = {
         "sha1 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 and md5 9e107d9d372bb6826bd81d3542a419d6",
         "ISBN 978-0-306-40615-7, published 1999, 352 pages.",
         "Coordinates: 40.7128, -74.0060; elevation 10 m.",
+        "Pin 2 of the connector goes to ground; the SSN field is optional.",
     ],
 }
 

@@ -162,6 +162,7 @@ class SanitizerConfig:
         "answers",
         "label",
         "labels",
+        "expected",
         "gold",
         "solution",
         "solutions",

@@ -15,6 +15,7 @@ from .detectors import (
     EMAIL_RE,
     IBAN_RE,
     PHONE_RES,
+    SSN_RE,
     credential_spans,
     has_digit,
     is_card,
@@ -75,6 +76,7 @@ class Sanitizer:
             k.rsplit("_", 1)[-1] for k, c in self._key_category.items() if "_" in k or c == "oracle"
         )
         self._placeholders = {c: self.placeholder(c) for c in CATEGORIES}
+        self.oracle_tags = frozenset(t.lower() for t in cfg.oracle_tags)
         self._key_memo: dict[str, str | None] = {}  # field names repeat across messages and siblings
         self._oracle_res = [re.compile(p) for p in cfg.oracle_patterns]
         self._pattern_rules: list[tuple[str, re.Pattern[str]]] = []
@@ -305,10 +307,12 @@ class Sanitizer:
             text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + self._hit(ctx, "credential", m.group(3)), text)
         for category, regex in self._pattern_rules:
             text = regex.sub(lambda m, c=category: self._hit(ctx, c, m.group(0)), text)
-        if cfg.mask_emails and "@" in text:
+        if cfg.mask_emails and ("@" in text or "%40" in text):
             text = EMAIL_RE.sub(lambda m: self._hit(ctx, "email", m.group(0)), text)
         if not has_digit(text):  # the remaining rules all need digits
             return text
+        if cfg.mask_credentials:
+            text = SSN_RE.sub(lambda m: self._hit(ctx, "credential", m.group(0)), text)
         if cfg.mask_cards:
             for regex in CARD_RES:
                 text = regex.sub(

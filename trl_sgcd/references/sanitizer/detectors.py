@@ -56,7 +56,7 @@ _PRIVATE_KEY_BEGIN_RE = re.compile(r"-----BEGIN[ A-Z0-9]{0,40} PRIVATE KEY(?: BL
 _PRIVATE_KEY_BODY_RE = re.compile(r"[A-Za-z0-9+/=\s:,\-.]*")
 # An AWS secret access key's shape (the charset and length detect-secrets' AWS plugin verifies).
 _AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
-_CANDIDATE_RE = re.compile(r"[A-Za-z0-9_\-+/=.:~]{16,}")
+_CANDIDATE_RE = re.compile(r"(?<![A-Za-z0-9_\-+/=.:~])(?!MASKED:[A-Z_]+>)[A-Za-z0-9_\-+/=.:~]{16,}")
 _HAS_DIGIT_RE, _HAS_UPPER_RE, _HAS_LOWER_RE = re.compile(r"\d"), re.compile(r"[A-Z]"), re.compile(r"[a-z]")
 _LOWER_RUN_RE = re.compile(r"[a-z]{3,}")
 _HIGH_ENTROPY_RE = re.compile(r"(?<![A-Za-z0-9+/=_\-])[A-Za-z0-9+/=_\-]{20,}")
@@ -65,7 +65,9 @@ _BEARER_RE = re.compile(
 )
 _URL_CREDENTIALS_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:)([^\s@/]+)(@)")
 
-EMAIL_RE = re.compile(r"(?<![\w.+%\-])[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.(?:[^\W\d_]{2,}|xn--[\w\-]+)(?![\w\-])")
+EMAIL_RE = re.compile(
+    r"(?<![\w.+%\-])[\w.%+\-]+(?:@|%40)[\w\-]+(?:\.[\w\-]+)*\.(?:[^\W\d_]{2,}|xn--[\w\-]+)(?![\w\-])"
+)
 # International (+CC, 00CC, trunk prefix `(0)`), North American `(555) 123-4567`, `555.123.4567`, `555-123-4567`.
 PHONE_RES = (
     re.compile(r"(?<![\w+])\+\d{1,3}[ .\-]{0,2}(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]{0,2}\d{2,4}){1,4}\b"),
@@ -73,6 +75,8 @@ PHONE_RES = (
     re.compile(r"(?<![\w(])\(\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}\b"),
     re.compile(r"(?<![\w.\-])\d{3}([.\- ])\d{3}\1\d{4}(?![\w\-]|\.\d)"),
 )
+# US social security numbers (a credential field's value anywhere else).
+SSN_RE = re.compile(r"(?<![\w\-])\d{3}-\d{2}-\d{4}(?![\w\-])")
 # Cards: a digit run, or groups with one separator kind (space, double space, dot, dash) used throughout.
 CARD_RES = (
     re.compile(r"(?<![\w\-.])\d{13,19}(?![\w\-]|\.\d)"),
@@ -226,10 +230,12 @@ def _random_looking(token: str, limit: float) -> bool:
     40-character keys reach 85% of log2(n), which identifiers such as `ShowSongLibraryV2Response` (mostly
     lower-case runs) and shorter tokens do not have to clear: below 28 characters the limit itself applies.
     """
+    needed = limit if len(token) < 28 else min(limit, 0.85 * math.log2(len(token)))
+    if len(set(token)) < 2**needed:  # entropy is at most log2(distinct characters): a cheap first test
+        return False
     if not _mixed(token) or sum(len(w) for w in _LOWER_RUN_RE.findall(token)) * 2 >= len(token):
         return False
-    needed = limit if len(token) < 28 else min(limit, 0.85 * math.log2(len(token)))
-    return math.log2(len(set(token))) >= needed and shannon_entropy(token) >= needed  # the bound is cheap
+    return shannon_entropy(token) >= needed
 
 
 def _mixed(token: str) -> bool:
@@ -279,6 +285,7 @@ __all__ = [
     "EMAIL_RE",
     "IBAN_RE",
     "PHONE_RES",
+    "SSN_RE",
     "credential_spans",
     "has_digit",
     "is_card",

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 
 _KEYED_RE = re.compile(
-    r"(?<![A-Za-z0-9_\-])(?P<key>[A-Za-z_][A-Za-z0-9_\-]{0,63})(?P<cq>\\{0,3}[\"']?)[ \t]*"
-    r"(?:(?P<sep>[:：]=?|==?>?)|(?<=[ \t])(?P<is>is|was)(?=[ \t]))[ \t]*"
+    r"(?<![A-Za-z0-9_\-])(?P<flag>--)?(?P<key>[A-Za-z_][A-Za-z0-9_\-]{0,63})(?P<cq>\\{0,3}[\"']?)[ \t]*"
+    r"(?:(?P<sep>[:：]=?|==?>?|->)|(?<=[ \t])(?P<is>is|was)(?=[ \t])"
+    r"|(?<=[ \t])(?P<sp>)(?(flag)(?=[^\s\-])|(?=[+(]?\d)))[ \t]*"
 )
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest", "apikey", "api-key", "negotiate", "ntlm", "hmac"})
 _BARE_RE = re.compile(r"[^\s,;&(){}\[\]<>\"'\\]+")
@@ -43,6 +44,7 @@ _FIELD_RE = re.compile(r"\{[^{}]{0,80}\}")
 _TEMPLATE_WORDS_RE = re.compile(r"[A-Za-z \t:]*")
 _IDENTIFIER_RE = re.compile(r"[a-z_][a-z_]*")
 _PROSE_TRAIL = ".,;:!?)"
+_THREE_DIGITS_RE = re.compile(r"(?:\D*\d){3}")
 _SECRETISH_RE = re.compile(r"[\W\d_]|(?<=.)[A-Z]")
 _STRUCTURED = ("payment", "account", "phone")
 
@@ -119,8 +121,6 @@ def _with_leading_words(san: Sanitizer, text: str, start: int, key: str) -> tupl
 
 def mask_keyed(san: Sanitizer, text: str, ctx: _Context) -> str:
     """Masks the values of sensitive keys in unparsed text."""
-    if not any(c in text for c in ":=：") and " is " not in text and " was " not in text:
-        return text
     out: list[str] = []
     pos = 0
     # Every scan below either advances `pos` past what it read or is a bare-token scan whose end is remembered, so
@@ -130,15 +130,17 @@ def mask_keyed(san: Sanitizer, text: str, ctx: _Context) -> str:
     for match in _KEYED_RE.finditer(text):
         if match.start() < max(pos, skip):
             continue
-        key, key_start = match.group("key"), match.start()
+        flag, key, cq, sep, is_, sp = match.group("flag", "key", "cq", "sep", "is", "sp")
+        key_start = match.start()
         if key_start >= 2 and text[key_start - 1] in " -" and text[key_start - 2].isalnum():
             key, key_start = _with_leading_words(san, text, key_start, key)
         category = san.category_of_key(key)
         if category is None:
             continue
-        sep = match.group("sep") or match.group("is")
-        quoted_key = bool(match.group("cq"))
-        loose = sep in ("is", "was")
+        quoted_key = bool(cq)
+        # `key is value`, `pin 4821` (a key, a space, a number) read like prose; `--password value` like `=`.
+        spaced = sp is not None and not flag
+        loose = is_ is not None or spaced
         if loose and category == "oracle":
             continue
         colon = sep in (":", "：") and not quoted_key
@@ -153,6 +155,8 @@ def mask_keyed(san: Sanitizer, text: str, ctx: _Context) -> str:
                 skip = bare_end
                 continue  # `token = apis.login(...)`: code assigning a call's result, not a literal
         value = text[inner_start:inner_end]
+        if spaced and _THREE_DIGITS_RE.match(value) is None:
+            continue  # "token 3 of 5": a count, not a PIN
         if value.strip().lower() in _NON_VALUES or PLACEHOLDER_RE.fullmatch(value.strip()):
             continue
         recorded = None if whole or len(value) > san.config.max_literal_chars else value
@@ -180,7 +184,7 @@ def _value_span(
     n = len(text)
     start = match.end()
     ch = text[start] if start < n else "\n"
-    if ch in "\r\n":  # YAML: the value is on the next line(s)
+    if ch in "\r\n" and match.group("sep") is not None:  # YAML: the value is on the next line(s)
         if match.group("sep") not in (":", "："):
             return None
         block = _yaml_block(text, key_start, start, category in ("credential", "oracle"))
@@ -242,7 +246,7 @@ def _value_span(
         if token is None:
             return None
         return token.start(), token.end(), False, token.end()
-    if category == "email" and "@" not in value:
+    if category == "email" and "@" not in value and "%40" not in value:
         return None
     if category == "credential":
         if loose and not _looks_secret(value):
@@ -276,35 +280,54 @@ def _variable(san: Sanitizer, key: str, value: str, text: str, end: int) -> bool
     return text[end : end + 1] == "[" or value == key or san.category_of_key(value) == "credential"
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _close_re(tag: str) -> re.Pattern[str]:
     return re.compile(rf"</\s*{re.escape(tag)}\s*>", re.IGNORECASE)
 
 
-@lru_cache(maxsize=16)
-def _open_re(tags: tuple[str, ...]) -> re.Pattern[str]:
-    names = "|".join(re.escape(t) for t in sorted(tags, key=len, reverse=True))
-    return re.compile(rf"<\s*({names})(?:\s[^<>]{{0,200}})?>", re.IGNORECASE)
+_OPEN_TAG_RE = re.compile(r"<\s*([A-Za-z_][\w\-.:]{0,63})(?:\s[^<>]{0,200})?>")
 
 
 def mask_tags(san: Sanitizer, text: str, ctx: _Context) -> str:
-    """Masks `<tag>...</tag>` blocks of oracle tags; an unclosed tag masks the rest of the text."""
-    tags = san.config.oracle_tags
-    if not tags or "<" not in text:
+    """Masks XML-style elements of sensitive names: a whole `<gold>...</gold>` block for oracle tags (an unclosed one
+    masks the rest of the text), the content of `<password>...</password>`, `<apiKey>...</apiKey>`, ...."""
+    if "<" not in text:
         return text
-    open_re = _open_re(tuple(t.lower() for t in tags))
     out: list[str] = []
-    pos = 0
+    last = pos = 0  # text[:last] is in `out`; the next tag is searched from `pos`
+    closes: dict[str, int] = {}  # first closing tag at or after the last search for it (-1: none): linear scans
+
+    def close_of(name: str, start: int) -> int:
+        found = closes.get(name)
+        if found is None or (found != -1 and found < start):
+            match = _close_re(name).search(text, start)
+            found = closes[name] = -1 if match is None else match.start()
+        return found
+
     while True:
-        match = open_re.search(text, pos)
+        match = _OPEN_TAG_RE.search(text, pos)
         if match is None:
             break
-        close = _close_re(match.group(1).lower()).search(text, match.end())
-        end = len(text) if close is None else close.end()
-        out.append(text[pos : match.start()])
-        out.append(san._hit(ctx, "oracle", None))
-        pos = end
+        name = match.group(1).lower()
+        category = "oracle" if name in san.oracle_tags else san.category_of_key(match.group(1))
+        pos = match.end()
+        if category is None:
+            continue
+        close = close_of(name, pos)
+        close_end = -1 if close == -1 else _close_re(name).match(text, close).end()
+        if category == "oracle":
+            out += [text[last : match.start()], san._hit(ctx, "oracle", None)]
+            last = pos = len(text) if close == -1 else close_end
+            continue
+        if close == -1:
+            continue
+        value = text[pos:close].strip()
+        if value and not PLACEHOLDER_RE.fullmatch(value) and value.lower() not in _NON_VALUES:
+            recorded = value if len(value) <= san.config.max_literal_chars else None
+            out += [text[last:pos], san._hit(ctx, category, recorded)]
+            last = close
+        pos = close_end
     if not out:
         return text
-    out.append(text[pos:])
+    out.append(text[last:])
     return "".join(out)
