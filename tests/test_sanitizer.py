@@ -280,3 +280,17 @@ def test_repeated_strings_are_counted_per_occurrence():
     masked = single.group.siblings[0].messages[0]["content"]
     assert all(m["content"] == masked for s in triple.group.siblings for m in s.messages)
     assert "4111" not in masked and "example.com" not in masked
+
+
+def test_references_are_read_as_prose():
+    # A reference is written by a model from sanitized evidence: its "Answer: ..." lines are guidance, not reports.
+    reference = "## State checks\n- Answer: read the reservation first\nExpected output: the refund amount\n"
+    sanitizer = Sanitizer()
+    assert sanitizer.sanitize_text(reference, prose=True)[0] == reference
+    masked, counts = sanitizer.sanitize_text(reference)
+    assert counts["oracle"] == 2 and "refund amount" not in masked
+    # Values and literals are masked in prose too.
+    text, counts = sanitizer.sanitize_text(
+        "Answer: use ZFA04Y and pin 4821, password: Hunter2x", ["ZFA04Y"], prose=True
+    )
+    assert text == "Answer: use <MASKED:ANSWER> and pin <MASKED:CREDENTIAL>, password: <MASKED:CREDENTIAL>"

@@ -111,9 +111,15 @@ class Sanitizer:
         sanitized = SiblingGroup(prompt=prompt, siblings=siblings, metadata=clean_metadata)
         return SanitizedGroup(group=sanitized, counts=self._counts(ctx), masked_values=self._masked_values(ctx))
 
-    def sanitize_text(self, text: str, literals: Iterable[Any] = ()) -> tuple[str, dict[str, int]]:
-        """Masks one string (JSON-aware); `literals` are treated as answer literals."""
-        ctx = _Context(LiteralMatcher.build(literals))
+    def sanitize_text(
+        self, text: str, literals: Iterable[Any] = (), prose: bool = False
+    ) -> tuple[str, dict[str, int]]:
+        """Masks one string (JSON-aware); `literals` are treated as answer literals.
+
+        `prose=True` reads it as an assistant message does: a bare `Evaluation: ...` line is text, not a report
+        (used for references, which a model writes from already sanitized evidence).
+        """
+        ctx = _Context(LiteralMatcher.build(literals), prose=prose)
         return self._mask_string(text, ctx), self._counts(ctx)
 
     def sanitize_messages(self, messages: list[dict[str, Any]], literals: Iterable[Any] = ()) -> list[dict[str, Any]]:

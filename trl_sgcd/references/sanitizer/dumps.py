@@ -50,7 +50,7 @@ def mask_credit_record(record: dict[str, Any], sanitizer: Sanitizer | None = Non
     masked["metadata"] = clean.group.metadata
     values = list(clean.masked_values)
     if record.get("reference") is not None:
-        masked["reference"], _ = sanitizer.sanitize_text(str(record["reference"]), literals=values)
+        masked["reference"], _ = sanitizer.sanitize_text(str(record["reference"]), literals=values, prose=True)
     if record.get("tokens") is not None:
         # Values the text rules find in the joined completion too (e.g. a key the tokenizer split).
         joined = "".join(record["tokens"])

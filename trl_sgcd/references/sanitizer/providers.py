@@ -52,7 +52,7 @@ def finalize_reference(
     """
     answer_literals = sanitizer.answer_literals(group)
     text, scrubbed = scrub_keys(reference.text, known_keys())
-    text, counts = sanitizer.sanitize_text(text, literals=[*answer_literals, *sanitized.masked_values])
+    text, counts = sanitizer.sanitize_text(text, literals=[*answer_literals, *sanitized.masked_values], prose=True)
     if max_chars is not None and len(text) > max_chars:
         cut = text.rfind("\n", 0, max_chars)
         text = text[: cut if cut > max_chars // 2 else max_chars].rstrip()
