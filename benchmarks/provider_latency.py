@@ -10,9 +10,9 @@ child process (`--server-thread` runs it in this process instead, where its requ
 provider for the interpreter lock, as a remote API never does). litellm's import and its first client setup are
 excluded by a warm-up call, as they happen once per run, not once per step.
 
-Besides the stage time, the script reports the provider's own CPU work per group on the main thread (sanitizing, the
-prompt, litellm's request building and response parsing), measured with the server answering at once: that is what
-stretches a stage beyond one call's latency, since it runs on one event loop.
+Besides the stage time, the script reports the provider's own CPU work per group (sanitizing, the prompt, litellm's
+request building and response parsing), measured with the server answering at once: that is what stretches a stage
+beyond one call's latency, since it runs in one process (on worker threads that share the interpreter lock).
 """
 
 from __future__ import annotations

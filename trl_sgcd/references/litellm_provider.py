@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import os
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -76,14 +77,45 @@ class ProviderCallError(CreditReferenceError):
         self.kind = kind
 
 
+class LiteLLMLogFilter(logging.Filter):
+    """On litellm's loggers: drops their DEBUG records, which print raw requests and replies, and scrubs API-key values
+    from the others (message and traceback). To see litellm's debug output anyway (it will hold raw replies):
+    `logging.getLogger("LiteLLM").removeFilter(LOG_FILTER)`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return False
+        keys = known_keys(*_provider_key_sources())
+        message, count = scrub_keys(record.getMessage(), keys)
+        if count:
+            record.msg, record.args = message, ()
+        if record.exc_info:
+            record.exc_text = scrub_keys(logging.Formatter().formatException(record.exc_info), keys)[0]
+            record.exc_info = None
+        return True
+
+
+LOG_FILTER = LiteLLMLogFilter()
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+_providers: weakref.WeakSet[LiteLLMCreditReference] = weakref.WeakSet()
+
+
+def _provider_key_sources() -> tuple[list[str | None], list[str]]:
+    providers = list(_providers)
+    return [p.api_key_env for p in providers], [v for p in providers for v in p._extra_credentials()]
+
+
 def import_litellm() -> Any:
-    """Imports litellm once, without fetching its remote cost map and with its debug banner off."""
+    """Imports litellm once, without fetching its remote cost map, with its debug banner off and `LOG_FILTER` on its
+    loggers."""
     global _litellm
     if _litellm is None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
         litellm.suppress_debug_info = True
+        for name in LITELLM_LOGGERS:
+            logging.getLogger(name).addFilter(LOG_FILTER)
         _litellm = litellm
     return _litellm
 
@@ -225,6 +257,7 @@ class LiteLLMCreditReference(CreditReferenceProvider):
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
         self._unpriced = False
+        _providers.add(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, api_base={self.api_base!r})"
@@ -296,7 +329,10 @@ class LiteLLMCreditReference(CreditReferenceProvider):
     def _keys(self) -> list[str]:
         """API-key values to scrub: the environment's credential variables, `api_key_env`'s value, and the values of
         credential-named `extra_kwargs`."""
-        return known_keys([self.api_key_env], [v for k, v in self.extra_kwargs.items() if is_key_name(k)])
+        return known_keys([self.api_key_env], self._extra_credentials())
+
+    def _extra_credentials(self) -> list[str]:
+        return [v for k, v in self.extra_kwargs.items() if is_key_name(k) and isinstance(v, str)]
 
     def _prepare(self, group: SiblingGroup) -> tuple[SanitizedGroup, Any, int, str, dict[str, Any] | None]:
         """Worker thread: sanitizes, builds the prompt (API-key values scrubbed), keys it and looks it up."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...siblings import Sibling, SiblingGroup
+from ..keys import known_keys, scrub_keys
 from .core import Sanitizer
 
 
@@ -33,8 +34,14 @@ def mask_tokens(tokens: list[str], values: list[str], placeholder: str = "<MASKE
 
 
 def mask_credit_record(record: dict[str, Any], sanitizer: Sanitizer | None = None) -> dict[str, Any]:
-    """A copy of a credit-dump record with its messages, metadata, reference and tokens sanitized."""
+    """A copy of a credit-dump record with its messages, metadata, reference and tokens sanitized, and the value of
+    every API key in the environment (`keys.known_keys`) masked, whatever its format."""
     sanitizer = sanitizer or Sanitizer()
+    keys = known_keys()
+    record = {
+        **record,
+        **{f: _scrub(record.get(f), keys) for f in ("messages", "metadata", "reference") if f in record},
+    }
     messages = record.get("messages")
     as_text = isinstance(messages, str)
     chat = [{"role": "assistant", "content": messages}] if as_text else list(messages or [])
@@ -54,6 +61,16 @@ def mask_credit_record(record: dict[str, Any], sanitizer: Sanitizer | None = Non
     if record.get("tokens") is not None:
         # Values the text rules find in the joined completion too (e.g. a key the tokenizer split).
         joined = "".join(record["tokens"])
-        values += sanitizer.sanitize(SiblingGroup(prompt=joined, siblings=[])).masked_values
+        values += sanitizer.sanitize(SiblingGroup(prompt=joined, siblings=[])).masked_values + keys
         masked["tokens"] = mask_tokens(record["tokens"], values)
     return masked
+
+
+def _scrub(obj: Any, keys: list[str]) -> Any:
+    if isinstance(obj, str):
+        return scrub_keys(obj, keys)[0]
+    if isinstance(obj, (list, tuple)):
+        return [_scrub(v, keys) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _scrub(v, keys) for k, v in obj.items()}
+    return obj
