@@ -281,6 +281,36 @@ def test_keyboard_interrupt_from_a_provider_stops_the_process_promptly(kind):
     assert total < 60  # the interpreter exits although two provider calls still hang
 
 
+def test_keyboard_interrupt_ends_the_stages_waiting_on_other_threads():
+    # With prefetching, rounds' stages run on other threads: one interrupted stage must not leave another holding the
+    # interpreter's exit until its deadline.
+    release = threading.Event()
+
+    def provider(group):
+        if group.prompt == "task 0":
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+        release.wait(60)
+        return "ref"
+
+    box = {}
+
+    def wait_on_a_hung_call():
+        box["result"] = _timed(resolve_references, as_provider(provider), [_group(1)], timeout=300)
+
+    waiting = threading.Thread(target=wait_on_a_hung_call, daemon=True)
+    try:
+        waiting.start()
+        interrupted = _within(20, lambda: resolve_references(as_provider(provider), [_group(0)], timeout=300))
+        assert isinstance(interrupted.get("error"), KeyboardInterrupt)
+        waiting.join(5)
+        assert not waiting.is_alive(), "the other stage still waits for its 300 s deadline"
+        outcome, elapsed = box["result"]
+        assert outcome.timeouts == 1 and elapsed < 5
+    finally:
+        release.set()
+
+
 # ---------------------------------------------------------------- through the trainer
 
 

@@ -391,13 +391,35 @@ def resolve_references(
             return _run_stage(provider, groups, max_concurrency, timeout, remaining, stage)
 
         future, restarts = _start(make, PROBE_S if deadline is None else min(PROBE_S, deadline / 4))
-        try:
-            future.result(timeout=None if remaining is None else remaining + 2 * _GRACE_S)
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            pass  # a provider blocks the loop, or ignores cancellation: the stage ends here regardless
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        with _waiting_lock:
+            _waiting.add(done)
+        try:  # a provider may block the loop or ignore cancellation: the stage ends at the deadline regardless
+            done.wait(None if remaining is None else remaining + 2 * _GRACE_S)
         finally:
+            with _waiting_lock:
+                _waiting.discard(done)
             future.cancel()
-    return _finish(stage, start, deadline, restarts)
+        if future.done() and not future.cancelled() and future.exception() is not None:
+            raise future.exception()  # a fault of the stage itself, not of a provider
+    try:
+        return _finish(stage, start, deadline, restarts)
+    except KeyboardInterrupt:
+        _release_waiting()
+        raise
+
+
+_waiting_lock = threading.Lock()
+_waiting: set[threading.Event] = set()  # stages now waiting on the provider loop (from any thread)
+
+
+def _release_waiting() -> None:
+    """Ends every stage now waiting (its unfinished groups count as timeouts): training is being interrupted, and
+    a stage running on another thread (a prefetched round) must not hold the interpreter's exit until its deadline."""
+    with _waiting_lock:
+        for event in _waiting:
+            event.set()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
