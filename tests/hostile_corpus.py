@@ -238,6 +238,11 @@ def _credential_cases() -> list[Planted]:
             Planted("credential", "xml_element", _tool(f"<auth><user>mia</user><password>{v}</password></auth>"), (v,))
         )
         cases.append(Planted("credential", "arrow", _tool(f"password -> {v}"), (v,)))
+    for v in values[:4]:
+        env = [{"name": "MODE", "value": "prod"}, {"name": "DB_PASSWORD", "value": v}]
+        cases.append(Planted("credential", "name_value_pairs", _tool(json.dumps(env)), (v,)))
+        code = f'os.environ["API_KEY"] = "{v}"\nrun()'
+        cases.append(Planted("credential", "subscript_assignment", _fn_call({"code": code}, True, "execute"), (v,)))
     for v in ("4821", "913", "482193"):
         cases.append(Planted("credential", "pin_spaced", _say("user", f"the pin 4{v} should work"), (f"4{v}",)))
     cases.append(Planted("credential", "ssn_text", _say("user", "SSN 123-45-6789 if you need it"), ("123-45-6789",)))
@@ -654,6 +659,8 @@ _LOOSE = {
         "Answer: the task asks for the total, so I will sum the amounts.",
         "Solution idea: page through all results first, then filter by date.",
         "Token expires_at 2023-05-19T11:00:00; refresh not needed yet.",
+        '[{"name": "page_limit", "value": 5}, {"name": "sort_by", "value": "created_at"}]',
+        'settings["theme"] = "dark"\nsettings["page_size"] = 20',
         "Run the exporter with --verbose --output report.csv --retries 3.",
         "Token 5 of 12 generated; 1532 tokens in total.",
         "access_token = login_result['access_token']\nheaders = {'Authorization': f'Bearer {access_token}'}",

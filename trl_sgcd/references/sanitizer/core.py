@@ -38,6 +38,7 @@ from .rules import (
 
 _PROSE_ROLES = frozenset({"assistant", "user"})
 _TOOL_CALL_KEYS = frozenset({"id", "type", "name"})
+_NAME_FIELDS = ("name", "key", "field", "param", "parameter", "variable", "header")
 
 
 class Sanitizer:
@@ -248,8 +249,11 @@ class Sanitizer:
     def _mask_obj(self, obj: Any, ctx: _Context) -> Any:
         if isinstance(obj, dict):
             out = {}
+            named = self._named_value_category(obj)
             for key, value in obj.items():
                 category = self.category_of_key(key) if isinstance(key, str) else None
+                if key == "value" and named is not None:
+                    category = named
                 new_key = self._mask_text(key, ctx) if isinstance(key, str) else key
                 if new_key != key and new_key in out:  # two ids masked to the same placeholder: keep both entries
                     n = 2
@@ -269,6 +273,18 @@ class Sanitizer:
             masked = self._mask_text(text, ctx)
             return obj if masked == text else masked
         return obj
+
+    def _named_value_category(self, obj: dict[Any, Any]) -> str | None:
+        """`{"name": "DB_PASSWORD", "value": "..."}` (environment listings, headers, form fields): the name's category."""
+        if "value" not in obj:
+            return None
+        for field in _NAME_FIELDS:
+            name = obj.get(field)
+            if isinstance(name, str) and len(name) <= 64:
+                category = self.category_of_key(name)
+                if category is not None:
+                    return category
+        return None
 
     def _mask_string(self, text: str, ctx: _Context) -> str:
         """Masks a string; JSON (or printed Python) containers are parsed, walked and re-serialized."""
