@@ -241,6 +241,17 @@ def test_a_base_exception_fails_one_group_and_the_loop_lives_on(raiser):
         assert stage == 0 or outcome.loop_restarts == 0
 
 
+def test_build_raises_a_providers_base_exception_in_the_caller_and_the_loop_lives_on():
+    def provider(group):
+        sys.exit(2)
+
+    box = _within(10, lambda: as_provider(provider).build(_group(0)))
+    assert isinstance(box.get("error"), SystemExit) and box["error"].code == 2
+    loop = provider_loop()
+    outcome = resolve_references(as_provider(lambda g: "ref"), [_group(0)], timeout=5)
+    assert outcome.failures == 0 and outcome.loop_restarts == 0 and provider_loop() is loop
+
+
 _INTERRUPT_SCRIPT = """
 import asyncio, sys, time
 from trl_sgcd.references import as_provider, resolve_references

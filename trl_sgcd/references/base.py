@@ -430,12 +430,26 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     (a provider whose `abuild` calls another provider's `build`), it runs the coroutine on a helper thread's own loop
     instead, since waiting on the provider loop from inside it would never return.
     """
-    future, _ = _start(lambda: coro, PROBE_S)
+    future, _ = _start(lambda: _outcome(coro), PROBE_S)
     try:
-        return future.result()
+        ok, value = future.result()
     except BaseException:
         future.cancel()
         raise
+    if ok:
+        return value
+    raise value
+
+
+async def _outcome(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
+    """`(True, result)` or `(False, exception)`: whatever `coro` raises is re-raised by the waiting thread, never on
+    the provider loop (where `SystemExit` or `KeyboardInterrupt` would end the loop's thread)."""
+    try:
+        return True, await coro
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the waiting thread
+        return False, exc
 
 
 def _start(make: Callable[[], Coroutine[Any, Any, T]], probe_s: float) -> tuple[concurrent.futures.Future, int]:
