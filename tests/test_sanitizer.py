@@ -294,3 +294,23 @@ def test_references_are_read_as_prose():
         "Answer: use ZFA04Y and pin 4821, password: Hunter2x", ["ZFA04Y"], prose=True
     )
     assert text == "Answer: use <MASKED:ANSWER> and pin <MASKED:CREDENTIAL>, password: <MASKED:CREDENTIAL>"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"oracle_keys": "answer"},
+        {"credential_keys": ("password", 3)},
+        {"oracle_tags": "gold"},
+        {"entropy_limit": float("nan")},
+        {"entropy_limit": 9.0},
+        {"entropy_limit": "4.5"},
+        {"max_literal_chars": -1},
+        {"min_literal_chars": 2.5},
+        {"extra_patterns": {"ticket": r"TKT-\d+"}},
+        {"placeholder": "<MASKED>"},
+    ],
+)
+def test_bad_config_is_refused_at_construction(kwargs):
+    with pytest.raises((TypeError, ValueError), match="SanitizerConfig"):
+        SanitizerConfig(**kwargs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ...siblings import SiblingGroup
 
@@ -247,6 +247,31 @@ class SanitizerConfig:
     max_parse_chars: int = 1_000_000
     max_literal_chars: int = 200
     min_literal_chars: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (
+                f.name.endswith(("_keys", "_suffixes", "_prefixes", "_tags", "_patterns"))
+                and f.name != "extra_patterns"
+            ):
+                # A bare string would be read as one name per character.
+                if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                    raise TypeError(f"SanitizerConfig.{f.name} must be a tuple of strings, got {value!r}")
+            elif f.name.startswith(("max_", "min_")) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValueError(f"SanitizerConfig.{f.name} must be a non-negative int, got {value!r}")
+        limit = self.entropy_limit
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 8 or limit != limit
+        ):
+            raise ValueError(f"SanitizerConfig.entropy_limit must be None or a number in (0, 8], got {limit!r}")
+        for category, patterns in self.extra_patterns.items():
+            if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+                raise TypeError(f"SanitizerConfig.extra_patterns[{category!r}] must be a tuple of regexes")
+        if "{category}" not in self.placeholder:
+            raise ValueError("SanitizerConfig.placeholder must contain '{category}'")
 
 
 @dataclass
