@@ -39,6 +39,29 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert saved["pass@1_after"] == summary["pass@1_after"]
     assert (tmp_path / "qs" / "sgcd" / "config.json").exists()
     assert (tmp_path / "qs" / "eval_after.json").exists()
+    files = {name: Path(path) for name, path in saved["files"].items()}
+    assert files["credit_html"].suffix == ".html" and "<html" in files["credit_html"].read_text().lower()
+    for name in ("credit_png", "plot"):
+        assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files[name].stat().st_size > 1000
+    paired = saved["paired"]
+    assert paired["tasks"] == 8 and paired["gained"] + paired["lost"] <= 8 and 0.0 <= paired["p_value"] <= 1.0
+    assert saved["solved_before"]["overall"][1] == 8
+
+
+def test_paired_comparison_claims_only_what_was_measured():
+    from types import SimpleNamespace
+
+    quickstart = _load("quickstart")
+
+    def result(successes):
+        return SimpleNamespace(episodes=[SimpleNamespace(task=f"t{i}", success=s) for i, s in enumerate(successes)])
+
+    same = quickstart.paired_comparison(result([1, 0, 1, 0]), result([1, 0, 1, 0]))
+    assert (same["gained"], same["lost"], same["p_value"]) == (0, 0, 1.0) and "no difference" in same["verdict"]
+    noisy = quickstart.paired_comparison(result([0, 0, 0, 1]), result([1, 1, 0, 0]))
+    assert (noisy["gained"], noisy["lost"]) == (2, 1) and noisy["p_value"] == 1.0 and "noise" in noisy["verdict"]
+    clear = quickstart.paired_comparison(result([0] * 8), result([1] * 8))
+    assert clear["p_value"] == 2 / 2**8 and clear["verdict"].startswith("better beyond noise")
 
 
 def _free_port():

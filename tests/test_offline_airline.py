@@ -371,6 +371,53 @@ def test_sft_step_runs_on_expert_conversations(tiny_model, tmp_path):
     assert any("loss" in entry for entry in trainer.state.log_history)
 
 
+def test_shared_prefix_sft_equals_full_conversation_loss(tiny_model, tmp_path):
+    """The quickstart's warm start: SFTTrainer's tokens and labels, and the same loss and gradients as the full
+    conversations, with the shared system prompt encoded once per batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from trl_sgcd.warm_start import common_prefix_length, sft_warm_start, shared_prefix_loss, tokenize_conversations
+
+    torch.set_num_threads(1)
+    dataset = make_sft_dataset("train", n=6, seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = tokenize_conversations(tokenizer, dataset)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "ref"), assistant_only_loss=True, max_length=None, use_cpu=True, report_to="none"
+    )
+    reference = SFTTrainer(model=tiny_model, args=args, train_dataset=dataset).train_dataset
+    for (ids, mask), example in zip(rows, reference, strict=True):
+        assert ids == example["input_ids"]
+        assert [m == 1 for m in mask] == [label != -100 for label in example["labels"]]
+
+    length = common_prefix_length(rows)
+    assert 0 < length < min(mask.index(1) for _, mask in rows)  # the system prompt, no assistant token
+    assert "Rules:" in tokenizer.decode(rows[0][0][:length])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    width = max(len(ids) for ids, _ in rows)
+    full = torch.full((len(rows), width), tokenizer.pad_token_id)
+    full_mask = torch.zeros_like(full)
+    for row, (ids, mask) in enumerate(rows):
+        full[row, : len(ids)], full_mask[row, : len(ids)] = torch.tensor(ids), torch.tensor(mask)
+    targets = full[:, 1:].masked_fill(full_mask[:, 1:] == 0, -100)
+    expected = torch.nn.functional.cross_entropy(model(input_ids=full).logits[:, :-1].flatten(0, 1), targets.flatten())
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    loss = shared_prefix_loss(model, full[0, :length], full[:, length:], full_mask[:, length:])
+    loss.backward()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    for grad, expected_grad in zip((p.grad for p in model.parameters()), expected_grads, strict=True):
+        assert torch.allclose(grad, expected_grad, atol=1e-5)
+
+    path = sft_warm_start(tiny_model, tmp_path / "sft", num_examples=4, batch_size=2, shared_prefix=True)
+    trained = AutoModelForCausalLM.from_pretrained(path)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), initial.parameters(), strict=True))
+
+
 def test_grpo_trains_two_steps_with_the_environment(tiny_model, tmp_path):
     import torch
     from trl import GRPOConfig, GRPOTrainer

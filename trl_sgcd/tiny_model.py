@@ -57,6 +57,7 @@ def build_tokenizer(
     split_on_whitespace: bool = True,
     max_token_length: int | None = None,
     isolate_digits: bool = False,
+    isolate_ids: bool = False,
 ):
     """Trains a byte-level BPE tokenizer with Qwen3-style special tokens and TRL's Qwen3 chat template.
 
@@ -67,17 +68,25 @@ def build_tokenizer(
     With `isolate_digits=True`, runs of digits are split off before the byte-level step, so no merge joins a number
     to its neighbours: an id such as `r12` tokenizes the same way in a user request, a tool call's arguments and a
     tool's observation, which a tiny model needs in order to learn to copy ids.
+
+    `isolate_ids=True` (implies `isolate_digits`) also splits off ids and codes, a letter followed by digits or a run
+    of capitals, and the digits from their letter: `r57` is `r` + `57` and `SEA` one piece wherever they occur, so
+    a tool call's argument continues the same token that precedes it in the request, the pattern a two-layer
+    model's induction heads copy.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     corpus = _synthetic_corpus(3000, seed) + list(texts)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_on_whitespace)
-    if isolate_digits:
+    if isolate_digits or isolate_ids:
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=False), tokenizer.pre_tokenizer]
         )
+    if isolate_ids:
+        ids = pre_tokenizers.Split(Regex(r"[A-Z]{2,}|[A-Za-z]?\d+"), behavior="isolated")
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([ids, tokenizer.pre_tokenizer])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -223,6 +232,7 @@ def make_tiny_model(
     max_token_length: int | None = None,
     model_vocab_size: int | None = None,
     isolate_digits: bool = False,
+    isolate_ids: bool = False,
     tokenizer=None,
     arch: str = "qwen3",
 ) -> str:
@@ -235,7 +245,7 @@ def make_tiny_model(
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: model shape.
         max_position_embeddings: context length of the config.
         seed: seed for the synthetic corpus and the weight initialisation.
-        split_on_whitespace, max_token_length, isolate_digits: tokenizer options, see `build_tokenizer`.
+        split_on_whitespace, max_token_length, isolate_digits, isolate_ids: tokenizer options, see `build_tokenizer`.
         model_vocab_size: output vocabulary of the model when larger than the tokenizer's (e.g. 151936 to measure
             the cost of a Qwen-sized LM head and softmax; the extra ids are never produced by the tokenizer).
         tokenizer: a ready tokenizer to use instead of training one (e.g. `qwen_vocab_tokenizer()`); it needs the
@@ -258,6 +268,7 @@ def make_tiny_model(
             split_on_whitespace=split_on_whitespace,
             max_token_length=max_token_length,
             isolate_digits=isolate_digits,
+            isolate_ids=isolate_ids,
         )
     config = tiny_config(
         arch,
