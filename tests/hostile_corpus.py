@@ -243,6 +243,9 @@ def _credential_cases() -> list[Planted]:
         cases.append(Planted("credential", "name_value_pairs", _tool(json.dumps(env)), (v,)))
         code = f'os.environ["API_KEY"] = "{v}"\nrun()'
         cases.append(Planted("credential", "subscript_assignment", _fn_call({"code": code}, True, "execute"), (v,)))
+    for v in values[4:6]:
+        form = f'<form><input name="user" value="mia"><input type="password" name="pw" value="{v}"></form>'
+        cases.append(Planted("credential", "html_form", _tool(form), (v,)))
     for v in ("4821", "913", "482193"):
         cases.append(Planted("credential", "pin_spaced", _say("user", f"the pin 4{v} should work"), (f"4{v}",)))
     cases.append(Planted("credential", "ssn_text", _say("user", "SSN 123-45-6789 if you need it"), ("123-45-6789",)))
@@ -648,6 +651,8 @@ _LOOSE = {
         "Expected arrival: 14:35 local time, 20 minutes early.",
         "<p>Your seat is <b>12C</b> in row 12; gate 22 closes at 09:40.</p>",
         "Flight 1234 departs from gate 22; the phone line for changes opens at 8.",
+        '<form action="/search"><input name="q" value="flights to SFO"><select name="cabin">'
+        '<option value="economy">Economy</option></select></form>',
     ],
     "appworld": [
         "phone_number = user['phone_number']\nemail = profile.email\nprint(phone_number, email)",

@@ -288,9 +288,34 @@ def _close_re(tag: str) -> re.Pattern[str]:
 _OPEN_TAG_RE = re.compile(r"<\s*([A-Za-z_][\w\-.:]{0,63})(?:\s[^<>]{0,200})?>")
 
 
+_ATTR_RE = re.compile(r"([A-Za-z_][\w\-:]*)\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s\"'>]+))")
+_INPUT_TYPES = {"password": "credential", "email": "email", "tel": "phone"}
+
+
+def _form_field(san: Sanitizer, tag: str) -> tuple[str, int, int] | None:
+    """`<input name="password" value="...">`: the category and span of a form field's value, by its name or type."""
+    attrs = {m.group(1).lower(): m for m in _ATTR_RE.finditer(tag)}
+    value = attrs.get("value")
+    if value is None:
+        return None
+    category = None
+    for attr in ("type", "name", "id", "autocomplete"):
+        found = attrs.get(attr)
+        if found is not None:
+            text = next(g for g in found.groups()[1:] if g is not None)
+            category = _INPUT_TYPES.get(text.lower()) if attr == "type" else san.category_of_key(text)
+            if category is not None:
+                break
+    if category is None:
+        return None
+    group = next(i for i in (2, 3, 4) if value.group(i) is not None)
+    return category, *value.span(group)
+
+
 def mask_tags(san: Sanitizer, text: str, ctx: _Context) -> str:
     """Masks XML-style elements of sensitive names: a whole `<gold>...</gold>` block for oracle tags (an unclosed one
-    masks the rest of the text), the content of `<password>...</password>`, `<apiKey>...</apiKey>`, ...."""
+    masks the rest of the text), the content of `<password>...</password>`, `<apiKey>...</apiKey>`, ..., and the
+    value of an HTML form field named or typed like one (`<input type="password" value="...">`)."""
     if "<" not in text:
         return text
     out: list[str] = []
@@ -312,6 +337,13 @@ def mask_tags(san: Sanitizer, text: str, ctx: _Context) -> str:
         category = "oracle" if name in san.oracle_tags else san.category_of_key(match.group(1))
         pos = match.end()
         if category is None:
+            field = _form_field(san, match.group(0)) if "value" in match.group(0) else None
+            if field is not None:
+                category, start, end = field[0], match.start() + field[1], match.start() + field[2]
+                value = text[start:end]
+                if value.strip() and not PLACEHOLDER_RE.fullmatch(value.strip()):
+                    out += [text[last:start], san._hit(ctx, category, value)]
+                    last = end
             continue
         close = close_of(name, pos)
         close_end = -1 if close == -1 else _close_re(name).match(text, close).end()
