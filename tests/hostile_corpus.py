@@ -666,6 +666,7 @@ _LOOSE = {
         "Token expires_at 2023-05-19T11:00:00; refresh not needed yet.",
         '[{"name": "page_limit", "value": 5}, {"name": "sort_by", "value": "created_at"}]',
         'settings["theme"] = "dark"\nsettings["page_size"] = 20',
+        "apis.todoist.update_task(task_id=7, labels=['work', 'urgent'], priority=2)",
         "Run the exporter with --verbose --output report.csv --retries 3.",
         "Token 5 of 12 generated; 1532 tokens in total.",
         "access_token = login_result['access_token']\nheaders = {'Authorization': f'Bearer {access_token}'}",

@@ -161,7 +161,6 @@ class SanitizerConfig:
         "answer",
         "answers",
         "label",
-        "labels",
         "expected",
         "gold",
         "solution",
