@@ -43,7 +43,7 @@ import statistics
 import time
 from pathlib import Path
 
-from trl_sgcd.credit.segmenter import BASELINES
+from trl_sgcd.credit.segmenter import BASELINES, SegmenterConfig
 
 
 REFERENCES = ("oracle", "contrast", "sibling_context", "uniform")
@@ -76,7 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-completion-length", type=int, default=192)
     parser.add_argument("--noise-floor", type=float, default=0.0, help="segment_noise_floor of the runs")
     parser.add_argument("--signed", action="store_true", help="segment_signed=True in the runs")
-    parser.add_argument("--baseline", default="rollout", choices=BASELINES, help="segment_baseline of the runs")
+    parser.add_argument(
+        "--baseline", default=SegmenterConfig().baseline, choices=BASELINES, help="segment_baseline of the runs"
+    )
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -154,7 +156,6 @@ def variant_weights(records: list[dict], variant: str, noise_floor: float, unifo
 
     from trl_sgcd import SGCDConfig
     from trl_sgcd.credit import credit_weights, saliency_segments, signed_agreement, uniform_weights
-    from trl_sgcd.credit.segmenter import SegmenterConfig
 
     defaults = SGCDConfig(output_dir="unused", report_to="none", use_cpu=True)
     segmenter = {**vars(defaults.segmenter), "noise_floor": noise_floor, "baseline": variant.removesuffix("+signed")}
@@ -191,7 +192,7 @@ def variant_weights(records: list[dict], variant: str, noise_floor: float, unifo
 
 
 def rollout_lifts(dump_dir: Path | list[dict], weights: list[list[float]] | None = None) -> list[dict]:
-    """Per measured rollout with extra weight: kind, category and the lift of each region.
+    """Per measurable rollout: kind, category, whether it got extra weight and, if it did, the lift of each region.
 
     `dump_dir` is a dump folder or its records (`load_records`); `weights` replaces the dumped weights."""
     records = load_records(dump_dir) if isinstance(dump_dir, (str, Path)) else dump_dir
@@ -205,14 +206,16 @@ def rollout_lifts(dump_dir: Path | list[dict], weights: list[list[float]] | None
         row_weights = record["weights"] if weights is None else weights[k]
         extra = [max(w - 1.0, 0.0) if c else 0.0 for w, c in zip(row_weights, credit, strict=True)]
         total, n = math.fsum(extra), sum(credit)
-        if total <= 0:
+        row = {"kind": kind, "category": record["metadata"].get("category"), "weighted": total > 0}
+        if total <= 0:  # no extra weight: no lift, but it counts in the coverage
+            out.append(row)
             continue
         lifts = {}
         for name, mask in masks.items():
             share = sum(m and c for m, c in zip(mask, credit, strict=True)) / n
             if share > 0:
                 lifts[name] = (math.fsum(e for e, m in zip(extra, mask, strict=True) if m) / total) / share
-        out.append({"kind": kind, "category": record["metadata"].get("category"), **lifts})
+        out.append({**row, **lifts})
     return out
 
 
@@ -245,6 +248,11 @@ def summarize(rows: list[dict]) -> dict:
         "lift": on["mean"],
         "ci": on["ci"],
         "failed_rollouts": on["n"],
+        # Share of the measurable failed rollouts that got any extra weight, and the lift over all of them with an
+        # unweighted rollout counted as 1 (no localization): what the option does for every failure, not just the
+        # ones it weights.
+        "coverage": on["n"] / len(failed) if failed else None,
+        "lift_all_failed": mean_ci([r.get("on", 1.0) for r in failed]),
         "failed": {region: mean_ci([r[region] for r in failed if region in r]) for region in REGIONS},
         "success_decision": mean_ci([r["decision"] for r in success if "decision" in r]),
         "by_category": {},
@@ -481,12 +489,17 @@ def main(argv=None) -> dict:
 
 def variant_table(report: dict) -> str:
     """Lift before / on / after the first deviation (failed rollouts, pooled per split) for every option."""
-    lines = [f"{'split':9s} {'reference':16s} {'option':24s} {'n':>3s} {'before':>7s} {'on':>7s} {'after':>7s}"]
+    lines = [
+        f"{'split':9s} {'reference':16s} {'option':24s} {'n':>3s} {'before':>7s} {'on':>7s} {'after':>7s}"
+        f" {'coverage':>8s} {'on, all':>7s}"
+    ]
     for split, refs in report["pooled_variants"].items():
         for reference, options in refs.items():
             for option, summary in options.items():
                 cells = [summary["failed"][region]["mean"] for region in REGIONS]
-                text = " ".join(f"{c:7.2f}" if c is not None else "      -" for c in cells)
+                cells += [summary["coverage"], summary["lift_all_failed"]["mean"]]
+                text = " ".join(f"{c:7.2f}" if c is not None else "      -" for c in cells[:3])
+                text += " " + " ".join(f"{c:8.2f}" if c is not None else "       -" for c in cells[3:])
                 lines.append(f"{split:9s} {reference:16s} {option:24s} {summary['failed_rollouts']:3d} {text}")
     return "\n".join(lines)
 

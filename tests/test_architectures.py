@@ -31,6 +31,7 @@ def tiny_args(tmp_path, **overrides) -> SGCDConfig:
         divergence_top_k=16,
         segment_spike_z=1.0,
         segment_min_divergence=1e-7,  # random tiny models: teacher and student differ little
+        segment_baseline="rollout",  # the per-rollout rule keeps the student pass fused into each family's loss
     )
     return SGCDConfig(**(values | overrides))
 

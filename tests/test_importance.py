@@ -138,6 +138,7 @@ def test_sequence_level_credit_trains_end_to_end(tiny_model_path, tmp_path, num_
         num_iterations=num_iterations,
         dynamic_sampling=True,
         student_pass="auto",
+        segment_baseline="rollout",  # keeps the student pass fusable
         loss_type="grpo",
         max_steps=2 * num_iterations,
     )

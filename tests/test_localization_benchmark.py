@@ -65,7 +65,7 @@ def test_lifts_before_on_after_the_deviation_and_on_successful_decisions(tmp_pat
     dump.mkdir()
     (dump / "step_000000_rank0.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     rows = bench.rollout_lifts(dump)
-    assert [r["kind"] for r in rows] == ["failed", "failed", "success"]
+    assert [r["kind"] for r in rows] == ["failed", "failed", "success"] and all(r["weighted"] for r in rows)
     # 8 credited tokens: 3 before (the read), 3 on (the wrong write), 2 after (the final answer).
     assert rows[0]["before"] == pytest.approx(8 / 3) and rows[0]["on"] == 0.0 and rows[0]["after"] == 0.0
     assert rows[1]["on"] == pytest.approx(8 / 3) and rows[1]["before"] == 0.0
@@ -74,6 +74,13 @@ def test_lifts_before_on_after_the_deviation_and_on_successful_decisions(tmp_pat
     assert summary["lift"] == pytest.approx(4 / 3) and summary["failed_rollouts"] == 2
     assert summary["ci"][0] < summary["lift"] < summary["ci"][1]
     assert summary["by_category"]["action"]["success_decision"]["mean"] == pytest.approx(8 / 3)
+    # A failed rollout without extra weight has no lift but lowers the coverage; it counts as 1 in lift_all_failed.
+    flat = _record(task, [read, wrong], [1] * 10, False)
+    rows = bench.rollout_lifts([*records, flat])
+    assert rows[-1] == {"kind": "failed", "category": "action", "weighted": False}
+    summary = bench.summarize(rows)
+    assert summary["lift"] == pytest.approx(4 / 3) and summary["coverage"] == pytest.approx(2 / 3)
+    assert summary["lift_all_failed"]["mean"] == pytest.approx((8 / 3 + 0 + 1) / 3)
 
 
 @pytest.mark.slow

@@ -136,21 +136,24 @@ def test_noise_floor_and_minimum_divergence_apply_to_the_raw_divergence():
     assert not spans
 
 
-def test_group_options_need_groups_and_advantages():
-    d = _noise(2, 10)
-    with pytest.raises(ValueError, match="sibling groups"):
-        _segment(d, "position")
+def test_without_groups_every_row_is_alone_and_success_position_needs_advantages():
+    d = _noise(2, 40, spread=2.0)
+    d[1, 12] = 15.0
+    s_paper, _ = _segment(d, "rollout")
+    for baseline in ("group", "position", "success_position"):
+        assert torch.equal(_segment(d, baseline)[0], s_paper)
     with pytest.raises(ValueError, match="sequence advantages"):
         _segment(d, "success_position", groups=torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="Unknown segment baseline"):
-        _segment(d, "nearby", groups=torch.tensor([0, 0]))
+        SegmenterConfig(baseline="nearby")
 
 
 def test_segment_baseline_config(tmp_path):
     def config(**kwargs):
         return SGCDConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **kwargs)
 
-    assert config().segmenter.baseline == "rollout" and not config().segmenter_needs_batch
+    assert config().segmenter.baseline == "success_position" == SegmenterConfig().baseline
+    assert config().segmenter_needs_batch and not config(segment_baseline="rollout").segmenter_needs_batch
     assert config(segment_baseline="position").segmenter.baseline == "position"
     assert config(segment_baseline="group").segmenter_needs_batch and config(segment_signed=True).segmenter_needs_batch
     with pytest.raises(ValueError, match="segment_baseline"):

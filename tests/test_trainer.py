@@ -511,6 +511,7 @@ def test_fused_student_pass_matches_the_separate_pass(
                 dynamic_sampling=False,
                 bf16=False,
                 student_pass=student_pass,
+                segment_baseline="rollout",  # the fused pass forms each micro-batch's weights on its own
                 per_device_train_batch_size=8 // accumulation,
                 gradient_accumulation_steps=accumulation,
                 credit_token_chunk=None if dense_head else 7,  # several logit chunks per row
@@ -559,11 +560,13 @@ def test_fused_student_pass_matches_the_separate_pass(
 def test_fused_student_pass_is_refused_where_it_would_not_be_exact(tiny_model_path, tmp_path):
     with pytest.raises(ValueError, match="student_pass='fused' applies to credit_mode"):
         _args(tmp_path, credit_mode="sdpo", student_pass="fused")
+    with pytest.raises(ValueError, match="needs segment_baseline='rollout'"):
+        _args(tmp_path, student_pass="fused")  # the default segment baseline weighs a rollout against its siblings
     with pytest.raises(ValueError, match="num_iterations=2"):
         SGCDGRPOTrainer(
             model=tiny_model_path,
             reward_funcs=parity_reward,
-            args=_args(tmp_path, student_pass="fused", num_iterations=2),
+            args=_args(tmp_path, student_pass="fused", num_iterations=2, segment_baseline="rollout"),
             train_dataset=_dataset(),
         )
     auto = SGCDGRPOTrainer(
@@ -584,7 +587,7 @@ def test_lora_policy_fuses_the_student_pass_unless_its_dropout_is_active(tiny_mo
         trainer = SGCDGRPOTrainer(
             model=tiny_model_path,
             reward_funcs=parity_reward,
-            args=_args(tmp_path / str(dropout), dynamic_sampling=False, bf16=False),
+            args=_args(tmp_path / str(dropout), dynamic_sampling=False, bf16=False, segment_baseline="rollout"),
             train_dataset=_dataset(),
             credit_reference=fixed_reference,
             peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=dropout),

@@ -129,12 +129,14 @@ class SGCDConfig(GRPOConfig):
             spike nor part of a span, so a rollout whose divergence is all noise keeps `W = 1`. The segmenter's z-score
             is scale-free; without a floor, a random-weight model (mean divergence ≈ 1.5e-4 nats, max ≈ 7e-4) still
             gets weights up to the cap. `0.0` is the paper's rule; `0.01` is far above such noise.
-        segment_baseline (`str`, *optional*, defaults to `"rollout"`):
+        segment_baseline (`str`, *optional*, defaults to `"success_position"`):
             What a divergence spike is measured against. `"rollout"` is the paper's rule (normalise within each
             rollout). This package's own options: `"group"` pools the normalisation over the rollout's sibling group;
             `"position"` subtracts, token by token, the other siblings' mean divergence at the aligned position (same
-            assistant turn and offset); `"success_position"` takes that mean over the siblings with `A > 0`. The group
-            options need the separate student pass, which they select, and see the siblings on the same process.
+            assistant turn and offset); `"success_position"` (the default, chosen on the localization benchmark's dev
+            split) takes that mean over the siblings with `A > 0`. Siblings diverge identically on identical opening
+            moves, so these give them no credit. All but `"rollout"` need the separate student pass, which they
+            select (`"rollout"` keeps the fused one), and see the siblings on the same process.
 
         > Sibling groups and dynamic sampling
 
@@ -201,8 +203,10 @@ class SGCDConfig(GRPOConfig):
             the credit weights are then formed at loss time. Exact only when that forward sees the policy that
             sampled the batch without dropout, so it needs `num_iterations=1`, `steps_per_generation <=
             gradient_accumulation_steps`, no active dropout and an unsharded LM head (not ZeRO-3 / FSDP), and the
-            modes `sgcd`, `uniform`, `sibling_context`. `"separate"`: a no-grad student scoring pass at generation
-            time. `"auto"` fuses when all conditions hold and scores separately otherwise; `"fused"` raises when
+            modes `sgcd`, `uniform`, `sibling_context`, and `segment_baseline="rollout"` without `segment_signed`
+            (the other segmenter options weigh a rollout against its siblings, which a loss micro-batch does not
+            hold; the default `"success_position"` scores separately). `"separate"`: a no-grad student scoring
+            pass at generation time. `"auto"` fuses when all conditions hold and scores separately otherwise; `"fused"` raises when
             they don't. Batches that write a credit dump (`credit_log_steps`) are scored separately.
         credit_log_steps (`int`, *optional*, defaults to `0`):
             Every this many steps, write the batch's tokens, credit weights, rewards and references as JSON lines under
@@ -324,6 +328,11 @@ class SGCDConfig(GRPOConfig):
         if self.student_pass == "fused" and not self.credit_spec.fusable:
             raise ValueError(
                 f"student_pass='fused' applies to credit_mode in {FUSABLE_MODES}, got credit_mode={self.credit_mode!r}."
+            )
+        if self.student_pass == "fused" and self.segmenter_needs_batch:
+            raise ValueError(
+                "student_pass='fused' needs segment_baseline='rollout' and segment_signed=False: the other segmenter "
+                "options weigh a rollout against its siblings, which one loss micro-batch does not hold."
             )
         if self.credit_gamma < 0:
             raise ValueError(f"credit_gamma must be >= 0, got {self.credit_gamma}.")

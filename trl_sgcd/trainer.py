@@ -158,7 +158,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
     def _resolve_student_pass(self) -> bool:
         """Whether the student distribution comes from TRL's loss forward (`SGCDConfig.student_pass`)."""
         args = self.args
-        if args.student_pass == "separate" or not args.credit_spec.fusable:
+        if args.student_pass == "separate" or not args.credit_spec.fusable or args.segmenter_needs_batch:
             return False
         blockers = []
         if args.num_iterations > 1:
@@ -397,7 +397,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         dump = self.args.credit_log_steps > 0 and self.state.global_step % self.args.credit_log_steps == 0
         # Credit precision needs the weights here, so rows with an expert action take the separate student pass.
         expert = any(m.get("expert_action") for m in rollouts.metadata or [])  # global: every process gathers
-        fused = self._fuse_student and not dump and not expert and not self.args.segmenter_needs_batch
+        fused = self._fuse_student and not dump and not expert
         scores = self._score(output, rollouts, local_refs, contexts, fused=fused, observed_logps=dump)
         self._log_scoring(scores)
         if scores.fused:  # the student side and the weights come with TRL's loss forward
@@ -445,8 +445,7 @@ class SGCDGRPOTrainer(CreditScorer, MixedGroupSampler, CreditLogger, GRPOTrainer
         batch["advantages"] = advantages
 
     def _weigh(self, batch, d, h, credit_mask, any_reference: bool, groups=None) -> torch.Tensor:
-        """Saliency → bounded weights → `batch["advantages"] = A · W` (paper Eq. 3-4); returns `W`. `groups`: `(B,)`
-        group ids, for the segmenter's group baselines."""
+        """Saliency (`groups`: each row's group) → bounded weights → `batch["advantages"] = A · W`; returns `W`."""
         with self._timed("credit_math"):
             siblings = dict(groups=groups, advantages=batch["advantages"], assistant_mask=_loss_mask(batch))
             saliency, spans = saliency_segments(d, h, credit_mask, self.args.segmenter, **siblings)

@@ -38,8 +38,11 @@ opening moves; measured against the rollout's own tokens alone, that shared shif
 - `"success_position"`: as `"position"`, with `b` from the siblings with a positive advantage only (the ones on a
   good path; all other siblings when none is left).
 
-The group options need each row's group (`groups`); a row without siblings on the batch falls back to `"rollout"`.
-`min_spike_divergence` and `noise_floor` always apply to the raw divergence.
+The group options need each row's group (`groups`); a row without siblings in the batch (or any row, when no groups
+are given) gets the `"rollout"` rule. `min_spike_divergence` and `noise_floor` always apply to the raw divergence.
+
+The default is `"success_position"`, chosen on the localization benchmark's dev split (`docs/results.md`); the
+paper's rule is `baseline="rollout"`.
 """
 
 from __future__ import annotations
@@ -66,7 +69,11 @@ class SegmenterConfig:
     max_selected_fraction: float = 0.25
     min_spike_divergence: float = 1e-4
     noise_floor: float = 0.0
-    baseline: Baseline = "rollout"
+    baseline: Baseline = "success_position"
+
+    def __post_init__(self):
+        if self.baseline not in BASELINES:
+            raise ValueError(f"Unknown segment baseline {self.baseline!r}; expected one of {BASELINES}.")
 
 
 @dataclass
@@ -192,7 +199,8 @@ def saliency_segments(
         entropy: `(B, T)` teacher entropy `H`.
         mask: `(B, T)` valid positions (assistant tokens of rows that have a credit reference, minus masked literals).
         config: segmenter thresholds.
-        groups: `(B,)` sibling-group id of each row; needed by every `config.baseline` but `"rollout"`.
+        groups: `(B,)` sibling-group id of each row. Without it every row is alone, and every baseline is the paper's
+            within-rollout rule.
         advantages: `(B,)` sequence advantages; `"success_position"` takes its baseline from the rows with `A > 0`.
         assistant_mask: `(B, T)` assistant tokens, whose runs are the turns `"position"` aligns by (default `mask`).
 
@@ -205,10 +213,8 @@ def saliency_segments(
     m = mask.cpu()
     strong = (m & (d >= config.noise_floor)).tolist()
     raw = d.tolist()
-    if config.baseline == "rollout":
+    if config.baseline == "rollout" or groups is None:
         z, dn = robust_zscore(d, m), _magnitude(d, m)
-    elif groups is None:
-        raise ValueError(f"segment baseline {config.baseline!r} needs the rows' sibling groups")
     elif config.baseline == "group":
         z, dn = robust_zscore(d, m, groups.cpu()), _magnitude(d, m, groups.cpu())
     elif config.baseline in ("position", "success_position"):
