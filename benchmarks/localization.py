@@ -152,7 +152,6 @@ def load_records(dump_dir: Path) -> list[dict]:
 def variant_weights(records: list[dict], variant: str, noise_floor: float, uniform: bool) -> list[list[float]]:
     """Each record's weights with the segmenter re-run on its dumped features under `variant` (a segment baseline,
     optionally `+signed`), step by step as the trainer batches them; the trainer's other settings are its defaults."""
-    import torch
 
     from trl_sgcd import SGCDConfig
     from trl_sgcd.credit import credit_weights, saliency_segments, signed_agreement, uniform_weights
@@ -161,6 +160,28 @@ def variant_weights(records: list[dict], variant: str, noise_floor: float, unifo
     segmenter = {**vars(defaults.segmenter), "noise_floor": noise_floor, "baseline": variant.removesuffix("+signed")}
     config = SegmenterConfig(**segmenter)
     out: list[list[float]] = []
+    for batch, t in _batches(records):
+        d = t["d"] * signed_agreement(t["log_ratio"], t["advantages"]) if variant.endswith("+signed") else t["d"]
+        saliency, _ = saliency_segments(
+            d,
+            t["h"],
+            t["credit"],
+            config,
+            groups=t["groups"],
+            advantages=t["advantages"],
+            assistant_mask=t["assistant"],
+        )
+        weights = credit_weights(saliency, defaults.credit_gamma, defaults.credit_cap)
+        if uniform:
+            weights = uniform_weights(weights, t["credit"])
+        out += [weights[i, : len(r["tokens"])].tolist() for i, r in enumerate(batch)]
+    return out
+
+
+def _batches(records: list[dict]):
+    """`(records, padded tensors)` per dumped step: the trainer's batch layout, rebuilt from the dump."""
+    import torch
+
     steps: dict[int, list[dict]] = {}
     for record in records:
         steps.setdefault(record["step"], []).append(record)
@@ -168,27 +189,47 @@ def variant_weights(records: list[dict], variant: str, noise_floor: float, unifo
         width = max(len(r["tokens"]) for r in batch)
 
         def pad(key, dtype=torch.float32, batch=batch, width=width):
-            return torch.tensor([r[key] + [0] * (width - len(r[key])) for r in batch], dtype=dtype)
+            rows = [r.get(key) or [0] * len(r["tokens"]) for r in batch]  # log_ratio: only where it was scored
+            return torch.tensor([row + [0] * (width - len(row)) for row in rows], dtype=dtype)
 
         credit = pad("credit_mask", torch.bool)
-        d, h = pad("divergence") * credit, pad("entropy")
-        advantages = torch.tensor([r["sequence_advantage"] for r in batch])
-        if variant.endswith("+signed"):
-            d = d * signed_agreement(pad("log_ratio"), advantages)
-        saliency, _ = saliency_segments(
-            d,
-            h,
-            credit,
-            config,
-            groups=torch.tensor([r["group"] for r in batch]),
-            advantages=advantages,
-            assistant_mask=pad("assistant_mask", torch.bool),
+        yield (
+            batch,
+            {
+                "credit": credit,
+                "d": pad("divergence") * credit,
+                "h": pad("entropy"),
+                "log_ratio": pad("log_ratio"),
+                "assistant": pad("assistant_mask", torch.bool),
+                "groups": torch.tensor([r["group"] for r in batch]),
+                "advantages": torch.tensor([r["sequence_advantage"] for r in batch]),
+            },
         )
-        weights = credit_weights(saliency, defaults.credit_gamma, defaults.credit_cap)
-        if uniform:
-            weights = uniform_weights(weights, credit)
-        out += [weights[i, : len(r["tokens"])].tolist() for i, r in enumerate(batch)]
-    return out
+
+
+def divergence_by_region(records: list[dict]) -> dict:
+    """On failed rollouts, the mean divergence per credited token before, on and after the first deviation (mean over
+    rollouts), raw and in excess of the successful siblings' at the aligned position: whether the teacher's
+    divergence itself singles out the deviation."""
+    from trl_sgcd.credit import position_baseline
+
+    raw: dict[str, list[float]] = {region: [] for region in REGIONS}
+    excess: dict[str, list[float]] = {region: [] for region in REGIONS}
+    for batch, t in _batches(records):
+        base = position_baseline(t["d"], t["credit"], t["assistant"], t["groups"], t["advantages"] > 0)
+        for i, record in enumerate(batch):
+            regions = record["_regions"] if "_regions" in record else _regions(record)
+            if regions is None or regions[0] != "failed":
+                continue
+            for region, mask in regions[1].items():
+                cells = [k for k, m in enumerate(mask) if m and record["credit_mask"][k]]
+                if cells:
+                    raw[region].append(float(t["d"][i, cells].mean()))
+                    excess[region].append(float((t["d"][i, cells] - base[i, cells]).mean()))
+    return {
+        "raw": {r: mean_ci(v) for r, v in raw.items()},
+        "excess_over_successful_siblings": {r: mean_ci(v) for r, v in excess.items()},
+    }
 
 
 def rollout_lifts(dump_dir: Path | list[dict], weights: list[list[float]] | None = None) -> list[dict]:
@@ -316,6 +357,7 @@ def measure(model: str, reference: str, seed: int, split: str, args, run_dir: Pa
         "variants": {v: rollout_lifts(records, w) for v, w in weights.items()},
         "stages": run["stages"],
         "counts": rollout_counts(records),
+        "divergence_by_region": divergence_by_region(records),
         "trained_option": run["option"],
         "max_weight_diff": max(map(abs, pairs), default=0.0),
     }
@@ -432,6 +474,7 @@ def main(argv=None) -> dict:
                 **summarize(rows),
                 "stages": result["stages"],
                 "counts": result["counts"],
+                "divergence_by_region": result["divergence_by_region"],
                 "trained_option": result["trained_option"],
                 "max_weight_diff": result["max_weight_diff"],
                 "variants": {v: summarize(r) for v, r in result["variants"].items()},
