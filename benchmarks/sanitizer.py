@@ -32,6 +32,8 @@ HOSTILE_UNITS = {
     "api_key_colon": "api_key: ",
     "fullwidth_colon": "token：",
     "yaml_next_line": "password:\n",
+    "yaml_blocks": "a:\n  password:\n    x\n",
+    "yaml_block_mark": "password: |-",
     "routing_number": "Routing number: ",
     "base64_run": "QUJDRGVmZ2hpams0NTY3ODkrLw",
     "jwt_run": "eyJ",

@@ -74,7 +74,6 @@ class SanitizerConfig:
         "session_token",
         "bearer_token",
         "csrf_token",
-        "auth",
         "authorization",
         "proxy_authorization",
         "credentials",

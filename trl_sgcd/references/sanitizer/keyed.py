@@ -44,6 +44,7 @@ _FIELD_RE = re.compile(r"\{[^{}]{0,80}\}")
 _TEMPLATE_WORDS_RE = re.compile(r"[A-Za-z \t:]*")
 _IDENTIFIER_RE = re.compile(r"[a-z_][a-z_]*")
 _PROSE_TRAIL = ".,;:!?)"
+_BLOCK_MARK_RE = re.compile(r"[|>][-+]?[ \t]*(?:\r?\n|\Z)")
 _THREE_DIGITS_RE = re.compile(r"(?:\D*\d){3}")
 _SECRETISH_RE = re.compile(r"[\W\d_]|(?<=.)[A-Z]")
 _STRUCTURED = ("payment", "account", "phone")
@@ -73,7 +74,7 @@ def _line_start(text: str, start: int) -> bool:
 
 def _yaml_block(text: str, key_start: int, start: int, whole: bool) -> tuple[int, int] | None:
     """The value of `key:` at the end of its line: the lines below indented deeper than the key's line."""
-    line_start = text.rfind("\n", 0, key_start) + 1
+    line_start = text.rfind("\n", max(0, key_start - 200), key_start) + 1  # bounded: deeper text is no YAML key
     indent = len(text[line_start:key_start]) - len(text[line_start:key_start].lstrip(" \t"))
     pos = text.find("\n", start)
     if pos == -1:
@@ -92,13 +93,13 @@ def _yaml_block(text: str, key_start: int, start: int, whole: bool) -> tuple[int
             break
         if first == -1:
             first = line + len(body) - len(stripped)
-        last = end
+        last = line + len(body.rstrip())
         if not whole:
             break
         pos = nxt
     if first == -1:
         return None
-    return first, len(text[:last].rstrip())
+    return first, last
 
 
 def _with_leading_words(san: Sanitizer, text: str, start: int, key: str) -> tuple[str, int]:
@@ -189,7 +190,7 @@ def _value_span(
             return None
         block = _yaml_block(text, key_start, start, category in ("credential", "oracle"))
         return None if block is None else (*block, category == "oracle", None)
-    if ch in "|>" and colon and text[start + 1 : start + 2] in ("\n", "-", "+", ""):
+    if ch in "|>" and colon and _BLOCK_MARK_RE.match(text, start):
         block = _yaml_block(text, key_start, start, True)
         return None if block is None else (*block, category == "oracle", None)
     if ch == "\\" and text[start + 1 : start + 2] in "\"'":  # escaped JSON: `\"value\"`
