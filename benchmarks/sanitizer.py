@@ -39,6 +39,7 @@ HOSTILE_UNITS = {
     "jwt_run": "eyJ",
     "sk_run": "sk-",
     "private_key_begin": "-----BEGIN RSA PRIVATE KEY-----\n",
+    "private_key_cut": "-----BEGIN PRIVATE KEY-----(",
     "gold_tag": "<gold>",
     "xml_open": "<password>x",
     "cli_flag": "--password ",

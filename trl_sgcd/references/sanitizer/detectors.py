@@ -149,11 +149,13 @@ def _widen(text: str, start: int, end: int, floor: int) -> tuple[int, int]:
 def _private_key_spans(text: str) -> Iterator[tuple[int, int]]:
     """Private-key blocks: from a BEGIN line to its END line, or to the end of the base64 body when it is cut."""
     pos = 0
+    has_end = True  # once no END follows some position, none follows a later one: each search runs once (linear)
     while True:
         match = _PRIVATE_KEY_BEGIN_RE.search(text, pos)
         if match is None:
             return
-        end = text.find("-----END", match.end())
+        end = text.find("-----END", match.end()) if has_end else -1
+        has_end = end != -1
         if end != -1:
             close = text.find("-----", end + 8)
             end = len(text) if close == -1 else close + 5
