@@ -9,13 +9,13 @@ from typing import Any
 from ...siblings import Sibling, SiblingGroup
 from .config import SanitizedGroup, SanitizerConfig
 from .detectors import (
-    _BEARER_RE,
-    _URL_CREDENTIALS_RE,
+    BEARER_RE,
     CARD_RES,
     EMAIL_RE,
     IBAN_RE,
     PHONE_RES,
     SSN_RE,
+    URL_CREDENTIALS_RE,
     credential_spans,
     has_digit,
     is_card,
@@ -319,14 +319,14 @@ class Sanitizer:
         if ctx.literals is not None:
             text = ctx.literals.sub(text, lambda v: self._hit(ctx, "answer", v))
         if cfg.mask_credentials and "://" in text:
-            text = _URL_CREDENTIALS_RE.sub(
+            text = URL_CREDENTIALS_RE.sub(
                 lambda m: m.group(1) + self._hit(ctx, "credential", m.group(2)) + m.group(3), text
             )
         text = mask_keyed(self, text, ctx)
         if cfg.mask_credentials:
             spans = credential_spans(text, cfg.entropy_limit, aws_secrets=True)
             text = replace_spans(text, spans, lambda v: self._hit(ctx, "credential", v))
-            text = _BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + self._hit(ctx, "credential", m.group(3)), text)
+            text = BEARER_RE.sub(lambda m: m.group(1) + m.group(2) + self._hit(ctx, "credential", m.group(3)), text)
         for category, regex in self._pattern_rules:
             text = regex.sub(lambda m, c=category: self._hit(ctx, c, m.group(0)), text)
         if cfg.mask_emails and ("@" in text or "%40" in text):

@@ -60,10 +60,10 @@ _CANDIDATE_RE = re.compile(r"(?<![A-Za-z0-9_\-+/=.:~])(?!MASKED:[A-Z_]+>)[A-Za-z
 _HAS_DIGIT_RE, _HAS_UPPER_RE, _HAS_LOWER_RE = re.compile(r"\d"), re.compile(r"[A-Z]"), re.compile(r"[a-z]")
 _LOWER_RUN_RE = re.compile(r"[a-z]{3,}")
 _HIGH_ENTROPY_RE = re.compile(r"(?<![A-Za-z0-9+/=_\-])[A-Za-z0-9+/=_\-]{20,}")
-_BEARER_RE = re.compile(
+BEARER_RE = re.compile(
     r"\b((?i:bearer)|Basic)([ \t]+)((?<=Basic[ \t])[A-Za-z0-9+/]{12,}={0,2}|[A-Za-z0-9._~+/\-]{16,}=*)"
 )
-_URL_CREDENTIALS_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:)([^\s@/]+)(@)")
+URL_CREDENTIALS_RE = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s:/@]+:)([^\s@/]+)(@)")
 
 EMAIL_RE = re.compile(
     r"(?<![\w.+%\-])[\w.%+\-]+(?:@|%40)[\w\-]+(?:\.[\w\-]+)*\.(?:[^\W\d_]{2,}|xn--[\w\-]+)(?![\w\-])"
@@ -280,20 +280,3 @@ def is_iban(match: str) -> bool:
 
 def has_digit(text: str) -> bool:
     return _DIGIT_RE.search(text) is not None
-
-
-__all__ = [
-    "CARD_RES",
-    "EMAIL_RE",
-    "IBAN_RE",
-    "PHONE_RES",
-    "SSN_RE",
-    "credential_spans",
-    "has_digit",
-    "is_card",
-    "is_iban",
-    "replace_spans",
-    "vendor_patterns",
-    "_BEARER_RE",
-    "_URL_CREDENTIALS_RE",
-]

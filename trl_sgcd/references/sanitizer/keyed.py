@@ -1,9 +1,11 @@
 """Values under sensitive key names in unparsed text, and oracle tags (`<gold>...</gold>`), in linear time.
 
 Forms read: `key: value`, `key=value`, `key = value`, `"key": "value"`, escaped JSON (`{\\"key\\": \\"value\\"}`),
-`key := value`, `key => value`, full-width colons (`key：value`), `key is value`, YAML values on the next line (or in a
-`|`/`>` block), headers (`Authorization: Token ...`), query strings (`?api_key=...&`), keyword arguments in code.
-Keys may be snake, camel, kebab or space case (`accessToken`, `X-Api-Key`, `Routing number`).
+`key := value`, `key => value`, `key -> value`, full-width colons (`key：value`), `key is value`, `pin 4821` (3+
+digits after a key), `--password value`, `d["api_key"] = value`, YAML values on the next line (or in a `|`/`>`
+block), headers (`Authorization: Token ...`), query strings (`?api_key=...&`), keyword arguments in code, and
+XML/HTML: `<password>...</password>`, `<input type="password" value="...">`. Keys may be snake, camel, kebab or space
+case (`accessToken`, `X-Api-Key`, `Routing number`).
 
 Prose is not a value: after a bare `key:` (no quotes, no `=`) a credential is masked only when it looks like one (a
 digit, a symbol, inner capitals, 16+ characters) or is the last word of its line, so "Password: must be reset on the
