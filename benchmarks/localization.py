@@ -90,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="CI size: 3 small warm starts (hidden 64, 128 examples x 3 epochs), 1 step, 128-token completions",
+        help="CI size: 3 small warm starts (hidden 64, 128 examples x 3 epochs), 1 step, 128-token completions, the "
+        "paper's rule as the only other option",
     )
     args = parser.parse_args(argv)
     for variant in args.variants:
@@ -99,6 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.sft_examples, args.sft_epochs, args.hidden_size = 128, 3.0, 64
         args.steps, args.max_completion_length = 1, 128
+        args.variants = ["rollout"]
     return args
 
 
@@ -281,7 +283,9 @@ def mean_ci(values: list[float]) -> dict:
     return {"mean": mean, "ci": [mean - half, mean + half], "n": len(values)}
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], categories: bool = True) -> dict:
+    """Lifts on failed rollouts (per region) and on successful ones' decision tokens; `categories`: also by task
+    category."""
     failed = [r for r in rows if r["kind"] == "failed"]
     success = [r for r in rows if r["kind"] == "success"]
     on = mean_ci([r["on"] for r in failed if "on" in r])
@@ -298,7 +302,7 @@ def summarize(rows: list[dict]) -> dict:
         "success_decision": mean_ci([r["decision"] for r in success if "decision" in r]),
         "by_category": {},
     }
-    for category in sorted({r["category"] for r in rows if r["category"]}):
+    for category in sorted({r["category"] for r in rows if r["category"]} if categories else ()):
         summary["by_category"][category] = {
             "failed_on": mean_ci([r["on"] for r in failed if r["category"] == category and "on" in r]),
             "success_decision": mean_ci(
@@ -413,38 +417,42 @@ def train_and_dump(model: str, reference: str, seed: int, split: str, args, run_
 
 
 def plot(report: dict, path: Path) -> None:
+    """Per split, failed rollouts' lift before / on / after the first deviation, the paper's rule next to the run's
+    option, for each written reference; and the option's lift on successful rollouts' decision tokens."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    refs = list(report["pooled"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for k, region in enumerate(REGIONS):
-        stats = [report["pooled"][r]["failed"][region] for r in refs]
+    def bars(ax, stats, offset, width, **kwargs):
         means = [s["mean"] or 0.0 for s in stats]
         err = [
-            [(s["mean"] or 0) - (s["ci"][0] or 0) for s in stats],
-            [(s["ci"][1] or 0) - (s["mean"] or 0) for s in stats],
+            [m - (s["ci"][0] or m) for m, s in zip(means, stats, strict=True)],
+            [(s["ci"][1] or m) - m for m, s in zip(means, stats, strict=True)],
         ]
-        axes[0].bar([i + 0.27 * (k - 1) for i in range(len(refs))], means, 0.27, yerr=err, capsize=3, label=region)
-    axes[0].set_title("failed rollouts: lift relative to the first deviation")
-    stats = [report["pooled"][r]["success_decision"] for r in refs]
-    axes[1].bar(
-        range(len(refs)),
-        [s["mean"] or 0.0 for s in stats],
-        yerr=[
-            [(s["mean"] or 0) - (s["ci"][0] or 0) for s in stats],
-            [(s["ci"][1] or 0) - (s["mean"] or 0) for s in stats],
-        ],
-        capsize=3,
-    )
-    axes[1].set_title("successful rollouts: lift on the expert's decision tokens")
+        ax.bar([i + offset for i in range(len(stats))], means, width, yerr=err, capsize=2, **kwargs)
+
+    splits = list(report["pooled_variants"])
+    options = list(dict.fromkeys(["rollout", report["option"]]))
+    fig, grid = plt.subplots(1, len(splits) + 1, figsize=(5.5 * (len(splits) + 1), 4), squeeze=False)
+    axes = list(grid[0])
+    colors = {"before": "tab:blue", "on": "tab:orange", "after": "tab:green"}
+    for ax, split in zip(axes[:-1], splits, strict=True):
+        pooled = report["pooled_variants"][split]
+        cells = [(r, o) for r in ("oracle", "contrast") if r in pooled for o in options if o in pooled[r]]
+        for k, region in enumerate(REGIONS):
+            stats = [pooled[r][o]["failed"][region] for r, o in cells]
+            bars(ax, stats, 0.27 * (k - 1), 0.27, color=colors[region], label=region)
+        ax.set_xticks(range(len(cells)), [f"{r}\n{o}" for r, o in cells], fontsize=8)
+        ax.set_title(f"{split}: failed rollouts, lift around the first deviation", fontsize=10)
+        ax.legend(fontsize=8)
+    refs = list(report["pooled"])
+    bars(axes[-1], [report["pooled"][r]["success_decision"] for r in refs], 0.0, 0.6)
+    axes[-1].set_xticks(range(len(refs)), refs, fontsize=8)
+    axes[-1].set_title(f"successful rollouts ({report['option']}): decision tokens", fontsize=10)
     for ax in axes:
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(refs)), refs)
         ax.set_ylabel("lift (1 = uniform)")
-    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -477,7 +485,7 @@ def main(argv=None) -> dict:
                 "divergence_by_region": result["divergence_by_region"],
                 "trained_option": result["trained_option"],
                 "max_weight_diff": result["max_weight_diff"],
-                "variants": {v: summarize(r) for v, r in result["variants"].items()},
+                "variants": {v: summarize(r, categories=False) for v, r in result["variants"].items()},
                 "_rows": result["variants"],
             }
             print(
@@ -490,7 +498,10 @@ def main(argv=None) -> dict:
         chosen = [w for w in warm_starts if split is None or w["split"] == split]
         return {
             reference: {
-                v: summarize([r for w in chosen for r in w["references"][reference]["_rows"][v]]) for v in variants
+                v: summarize(
+                    [r for w in chosen for r in w["references"][reference]["_rows"][v]], categories=v == option
+                )
+                for v in variants
             }
             for reference in args.references
         }
