@@ -39,9 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/quickstart")
     parser.add_argument("--quick", action="store_true", help="minimal budgets (a smoke test, about a minute)")
-    parser.add_argument("--sft_examples", type=int, default=6000)
+    parser.add_argument("--sft_examples", type=int, default=9000)
     parser.add_argument("--sft_epochs", type=float, default=1.0)
-    parser.add_argument("--sft_batch_size", type=int, default=8)
+    parser.add_argument("--sft_batch_size", type=int, default=4)
     parser.add_argument("--sft_learning_rate", type=float, default=3e-3)
     parser.add_argument("--sft_warmup_steps", type=int, default=20)
     parser.add_argument("--rl_steps", type=int, default=30)
@@ -118,7 +118,7 @@ def plot_before_after(before, after, comparison: dict, path: Path) -> Path:
     axis.set_ylim(0, 1.1)
     axis.set_ylabel("greedy pass@1 (held-out tasks)")
     axis.set_title(
-        f"{comparison['gained']} tasks gained, {comparison['lost']} lost: {comparison['verdict']}", fontsize=9
+        f"tasks gained {comparison['gained']}, lost {comparison['lost']}: {comparison['verdict']}", fontsize=9
     )
     axis.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
@@ -144,6 +144,8 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from transformers import PrinterCallback
+
     from trl_sgcd import ContrastCreditReference, SGCDGRPOTrainer
     from trl_sgcd.envs.offline_airline import OfflineAirlineEnv, make_dataset, offline_airline_reward
     from trl_sgcd.eval import format_table
@@ -198,6 +200,7 @@ def main(argv=None) -> dict:
         environment_factory=OfflineAirlineEnv,
         credit_reference=ContrastCreditReference(),
     )
+    trainer.remove_callback(PrinterCallback)  # the progress bar stays; every metric is in trainer.state.log_history
     trainer.train()
     trainer.save_model(config.output_dir)
     mark = lap("sgcd_training", mark)

@@ -371,6 +371,26 @@ def test_sft_step_runs_on_expert_conversations(tiny_model, tmp_path):
     assert any("loss" in entry for entry in trainer.state.log_history)
 
 
+def test_isolated_ids_tokenize_alike_in_requests_calls_and_results():
+    from trl_sgcd.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer(corpus_texts(n=32), vocab_size=1024, split_on_whitespace=False, isolate_ids=True)
+    contexts = [
+        "Hello, this is u22. Please cancel reservation r57.",
+        '{"name": "cancel_reservation", "arguments": {"reservation_id": "r57"}}',
+        '{"reservation_id": "r57", "user_id": "u22", "origin": "SEA"}',
+        "Reservation r57 is cancelled.",
+    ]
+    pieces = [tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"]) for text in contexts]
+    ids = {
+        tuple(tokens[tokens.index("r") : tokens.index("r") + 1 + len(tokenizer.tokenize("57"))]) for tokens in pieces
+    }
+    assert ids == {("r", *tokenizer.tokenize("57"))}  # the same tokens after any context
+    assert "".join(pieces[2]).count("SEA") == 1 and any(
+        "".join(pieces[2][i:j]) == "SEA" for i in range(len(pieces[2])) for j in range(i + 1, len(pieces[2]) + 1)
+    )  # an airport code shares no token with its neighbours
+
+
 def test_shared_prefix_sft_equals_full_conversation_loss(tiny_model, tmp_path):
     """The quickstart's warm start: SFTTrainer's tokens and labels, and the same loss and gradients as the full
     conversations, with the shared system prompt encoded once per batch."""

@@ -177,7 +177,7 @@ def _shared_prefix_sft(model_path, output_dir, dataset, steps, learning_rate, ba
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     model.train()
-    start, losses = time.perf_counter(), []
+    start, losses, every = time.perf_counter(), [], max(1, steps // 10)
     for step in range(1, steps + 1):
         if len(order) < batch_size:
             order += torch.randperm(len(rows), generator=generator).tolist()
@@ -196,8 +196,8 @@ def _shared_prefix_sft(model_path, output_dir, dataset, steps, learning_rate, ba
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if verbose and (step % 50 == 0 or step == steps):
-            mean = sum(losses[-50:]) / len(losses[-50:])
+        if verbose and (step % every == 0 or step == steps):
+            mean = sum(losses[-every:]) / len(losses[-every:])
             print(f"  SFT step {step}/{steps}: loss {mean:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     model.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
