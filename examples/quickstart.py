@@ -128,14 +128,18 @@ def plot_before_after(before, after, comparison: dict, path: Path) -> Path:
     return path
 
 
-def most_credited_step(output_dir: Path) -> int:
-    """The dumped step whose rollouts carry the most extra credit `Σ (W - 1)` (the latest when none has any)."""
+def most_credited_step(output_dir: Path) -> int | None:
+    """The dumped step whose rollouts carry the most extra credit `Σ (W - 1)` (the latest of equals), or None when no
+    step was dumped (the trainer dumps only batches with a mixed group)."""
     from trl_sgcd.credit_dump import available_steps, load_step
 
     def extra(step: int) -> float:
         return sum(w - 1.0 for record in load_step(output_dir, step) for w in record["weights"])
 
-    steps = available_steps(output_dir)
+    try:
+        steps = available_steps(output_dir)
+    except FileNotFoundError:
+        return None
     return max(reversed(steps), key=extra)
 
 
@@ -212,7 +216,9 @@ def main(argv=None) -> dict:
 
     print("[6/6] drawing the credit of one batch and the before/after comparison", flush=True)
     step = most_credited_step(out / "sgcd")
-    credit = visualize(out / "sgcd", step=step, out_dir=out / "credit", cap=config.credit_cap)
+    credit = {}
+    if step is not None:
+        credit = visualize(out / "sgcd", step=step, out_dir=out / "credit", cap=config.credit_cap)
     comparison = paired_comparison(before, after)
     plot = plot_before_after(before, after, comparison, out / "before_after.png")
     lap("pictures", mark)
@@ -232,7 +238,7 @@ def main(argv=None) -> dict:
         "mixed_groups": int(sum(h.get("sgcd/reference/groups_with_reference", 0) for h in credit_logs)),
         "mean_weight": sum(h["sgcd/weights/mean"] for h in credit_logs) / max(1, len(credit_logs)),
         "credit_step": step,
-        "files": {"credit_html": str(credit["html"]), "credit_png": str(credit["png"]), "plot": str(plot)},
+        "files": {"plot": str(plot)} | {f"credit_{kind}": str(path) for kind, path in credit.items()},
         "stage_minutes": minutes,
         "minutes": (time.perf_counter() - start) / 60,
     }
@@ -250,8 +256,11 @@ def main(argv=None) -> dict:
     )
     print(f"{summary['mixed_groups']} mixed sibling groups got a credit reference; {summary['minutes']:.1f} minutes")
     print("where to look:")
-    print(f"  credit of step {step}, one section per sibling group: {credit['html']}")
-    print(f"  the same as heat strips:                      {credit['png']}")
+    if credit:
+        print(f"  credit of step {step}, one section per sibling group: {credit['html']}")
+        print(f"  the same as heat strips:                      {credit['png']}")
+    else:
+        print("  no credit to draw: no dumped batch had a mixed group (more --rl_steps, or --credit_log_steps 1)")
     print(f"  pass@1 before/after SGCD:                     {plot}")
     print(f"  all numbers:                                  {metrics_path}")
     print(f"  every episode: {out / 'eval_before.json'}, {out / 'eval_after.json'}")

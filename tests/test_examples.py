@@ -64,6 +64,16 @@ def test_paired_comparison_claims_only_what_was_measured():
     assert clear["p_value"] == 2 / 2**8 and clear["verdict"].startswith("better beyond noise")
 
 
+def test_quickstart_draws_the_most_credited_dump(tmp_path):
+    quickstart = _load("quickstart")
+    assert quickstart.most_credited_step(tmp_path) is None  # nothing dumped: the script says so instead of failing
+    (tmp_path / "sgcd_credit").mkdir()
+    for step, weights in ((0, [1.0, 1.2]), (5, [1.0, 1.9]), (10, [1.0, 1.0])):
+        record = {"step": step, "row": 0, "group": 0, "weights": weights}
+        (tmp_path / "sgcd_credit" / f"step_{step:06d}_rank0.jsonl").write_text(json.dumps(record) + "\n")
+    assert quickstart.most_credited_step(tmp_path) == 5
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,3 +158,5 @@ def test_notebook_executes_headless(tmp_path):
     )
     assert "pass@1:" in outputs
     assert (tmp_path / "nb" / "sgcd" / "config.json").exists()
+    assert (tmp_path / "nb" / "before_after.png").read_bytes()[:4] == b"\x89PNG"
+    assert {p.suffix for p in (tmp_path / "nb" / "credit").iterdir()} == {".html", ".png"}
