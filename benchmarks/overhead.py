@@ -8,8 +8,9 @@
 
 Both arms run in one process, on the same locally built model, batch and seed, with dynamic sampling off so that
 they generate exactly the same text; the SGCD arm uses an instant provider (a fixed reference of about
-`--reference-tokens` tokens), so the overhead measured is the teacher scoring pass, the student side (fused into TRL's
-loss forward by default, `--student-pass separate` for a scoring pass of its own) and the credit math. The two
+`--reference-tokens` tokens), so the overhead measured is the teacher scoring pass, the student side (a scoring pass
+of its own with the default sibling-baselined segmenter; fused into TRL's loss forward with `--segment-baseline
+rollout`, unless `--student-pass separate`) and the credit math. The two
 trainers *alternate step by step* (one thread each, handing a baton over at every step boundary, each restoring its own
 RNG state), so a slow spell of a shared machine lands on both arms alike instead of on whichever ran second. Step
 times are TRL's own `step_time` metric (generation, scoring and the optimizer step), medians of the `--steps` steps
@@ -208,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="SGCDConfig.student_pass: the student side from TRL's loss forward (fused) or a separate pass",
     )
+    parser.add_argument(
+        "--segment-baseline",
+        default=SGCDConfig.segment_baseline,
+        help="SGCDConfig.segment_baseline; only 'rollout' (the paper's rule) lets the student pass be fused",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after --warmup)")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps measured for memory (after the timed ones)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -251,6 +257,7 @@ def build_trainer(args, arm: str, dataset: Dataset, reference_text: str):
             dynamic_sampling=False,
             divergence_top_k=args.top_k,
             student_pass=args.student_pass,
+            segment_baseline=args.segment_baseline,
             credit_shared_prefix=args.shared_prefix,
             **common,
         )

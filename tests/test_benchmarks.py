@@ -182,7 +182,7 @@ def test_overhead_benchmark_prints_its_ratios(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--steps", "2", "--warmup", "1", "--memory-steps", "1",
          "--completion-length", "8", "--reference-tokens", "16", "--num-generations", "4",
-         "--out-json", str(tmp_path / "overhead.json")],
+         "--segment-baseline", "rollout", "--out-json", str(tmp_path / "overhead.json")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -191,7 +191,7 @@ def test_overhead_benchmark_prints_its_ratios(tmp_path):
     data = json.loads((tmp_path / "overhead.json").read_text())
     assert data["step_time_ratio"] > 0 and len(data["sgcd"]["breakdown"]) == 2
     assert data["grpo"]["memory"] > 0 and data["sgcd"]["memory"] > 0 and data["peak_memory_ratio"] > 0
-    assert data["sgcd"]["student_tokens"] == 0  # the student side came from TRL's loss forward
+    assert data["sgcd"]["student_tokens"] == 0  # the paper's segmenter: the student side from TRL's loss forward
     assert data["paired_step_time_ratio"] > 0
     # The arms alternate in one process, each with its own RNG stream: they generate the same completions.
     lengths = {arm: [row["completion_len"] for row in data[arm]["breakdown"]] for arm in ("grpo", "sgcd")}
