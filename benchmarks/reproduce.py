@@ -1,22 +1,27 @@
 """A CPU-scale miniature of the paper's comparisons on the built-in offline airline environment.
 
-    python benchmarks/reproduce.py                 # full run, 25 RL steps (about 45 minutes on one CPU core)
-    python benchmarks/reproduce.py --steps 100 --modes off sgcd uniform sibling_context   # the longer follow-up
-    python benchmarks/reproduce.py --quick         # the whole pipeline with minimal budgets (a CI smoke test)
+    python benchmarks/reproduce.py --out outputs/reproduce &   # the outcome comparison (docs/results.md); two processes
+    python benchmarks/reproduce.py --out outputs/reproduce     # with the same arguments share the runs, one core each
+    python benchmarks/reproduce.py --out outputs/reproduce --report_only --figures docs/results   # table, stats, plots
+    python benchmarks/reproduce.py --quick                  # the whole pipeline with minimal budgets (a CI smoke test)
 
 1. Warm start: a tiny locally built model, SFT on the scripted expert's conversations (the paper's τ³ SFT start).
    Held-out greedy pass@1 and per-category success are reported for it.
 2. From that checkpoint, every mode (`off` = matched GRPO with the same dynamic sampling, `sgcd`, `uniform`,
-   `sibling_context`, `direct_sd`, `sdpo`) trains for the same number of steps and samples, for several seeds. The
-   credit reference is the LLM-free `ContrastCreditReference` (no API key on this machine).
-3. Reported per mode: held-out greedy pass@1 (mean over seeds and a 95% t-interval), success on action vs
-   information-only tasks, the zero-tool audit over training, and *credit precision*: the share of the extra weight
-   `W - 1` that lands on the tokens where a failed sibling first leaves the expert's path (known exactly in this
-   environment, `first_deviation`), against the share those tokens have of all credit-eligible tokens; and where the
-   rest lands (before or after the deviation, `weight_position`).
+   `sibling_context`, `direct_sd`; `sdpo` on request) trains for the same number of steps and samples, for 5 seeds.
+   The credit reference is the LLM-free `ContrastCreditReference` (no API key on this machine). Runs are taken in
+   seed-major order and claimed by file, so processes started with the same `--out` split them.
+3. Reported per mode, on 120 held-out tasks: greedy pass@1 (mean over seeds and a 95% t-interval), success on action
+   vs information-only tasks, the zero-tool audit over training, and *credit precision*: the share of the extra
+   weight `W - 1` that lands on the tokens where a failed sibling first leaves the expert's path (known exactly in
+   this environment, `first_deviation`), against the share those tokens have of all credit-eligible tokens; and where
+   the rest lands (before or after the deviation, `weight_position`).
+4. Paired against `off` (`paired_against_off`): per seed on the same tasks, with a t-interval over the seeds' paired
+   differences; a bootstrap over tasks; and the (seed, task) pairs each side solved alone, with an exact McNemar test.
 
-Results go to `--out`: a JSON file per run, `summary.json`, `results_table.md` and two PNG plots. `docs/results.md`
-reports a full run and reads it.
+Results go to `--out`: a JSON file per run (per-task successes included), `warm_start.json`, `summary.json` and
+`results_table.md`; plots (`outcome.png`, `training_reward.png`, `credit_precision.png`) and `outcome.json` go to
+`--figures` (default `--out`). `docs/results.md` reports a full run and reads it.
 A tiny model on a toy environment is not the paper's setting: read the numbers as a check of the mechanism, not as
 a replication of its effect sizes.
 """
@@ -46,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--modes", nargs="+", default=COMPARED, choices=MODES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=25)
     # The warm start: digits kept out of the tokenizer's merges (ids then tokenize alike in requests, tool calls and
     # observations, which a tiny model needs to copy them), one pass over 9000 expert conversations at batch 4.
     parser.add_argument("--sft_examples", type=int, default=9000)
@@ -506,8 +511,8 @@ def plot(results: list[dict], summary: dict, figures: Path) -> list[Path]:
             left.plot(i, mean, "o", color=COLORS[mode], markersize=9)
         left.scatter([i + 0.18] * len(values), values, s=14, color=COLORS[mode], alpha=0.5)
     warm = summary["warm_start"]["metrics"]["pass@1"]
-    left.axhline(warm, ls="--", color="black", lw=1)
-    left.text(-0.4, warm, "warm start", va="bottom", ha="left", fontsize=10)
+    left.axhline(warm, ls="--", color="black", lw=1, label="warm start")
+    left.legend(fontsize=10, loc="lower left")
     left.set_xticks(range(len(modes)), modes, rotation=15)
     left.set_ylabel("held-out pass@1")
     left.set_title("pass@1 by mode (mean, 95% CI over seeds; dots: seeds)")
@@ -538,7 +543,7 @@ def plot(results: list[dict], summary: dict, figures: Path) -> list[Path]:
     if others:
         off_runs = [r for r in results if r["mode"] == "off"]
         steps = max(len(r["curve"]["reward"]) for r in results)
-        window = max(1, steps // 10)
+        window = max(1, steps // 5)
         fig, axes = plt.subplots(1, len(others), figsize=(3.6 * len(others) + 1, 4), sharey=True, squeeze=False)
         for ax, mode in zip(axes[0], others, strict=True):
             for name in (["off"] if off_runs else []) + [mode]:
@@ -549,6 +554,7 @@ def plot(results: list[dict], summary: dict, figures: Path) -> list[Path]:
                 if len(runs) > 1:
                     ax.fill_between(x, low, high, color=COLORS[name], alpha=0.18, lw=0)
             ax.set_title(f"{mode} against off")
+            ax.set_ylim(0, 1)  # a success rate; a two-seed t-band can reach far beyond it
             ax.set_xlabel("RL step")
             ax.legend(fontsize=9, loc="lower right")
         axes[0][0].set_ylabel(f"training reward ({window}-step mean)")
@@ -666,7 +672,8 @@ def report_only(out: Path, figures: str | Path | None = None, recompute: bool = 
     warm = json.loads((out / "warm_start.json").read_text())
     table, summary = summarize(results, warm)
     args_path = out / "args.json"
-    summary["args"] = json.loads(args_path.read_text()) if args_path.exists() else {}
+    args = json.loads(args_path.read_text()) if args_path.exists() else {}
+    summary["args"] = {k: v for k, v in args.items() if k not in ("out", "figures", "report_only")}  # no local paths
     summary["runs"] = [
         {
             "mode": r["mode"],
